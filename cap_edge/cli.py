@@ -1,0 +1,138 @@
+"""The ``cap-edge`` command. Flags become the same config objects the Python API takes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import CapEdgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Causal Attribution Pruning (CAP) of language models for edge runtimes.")
+
+ModelOpt = typer.Option(None, "--model", "-m", help="HF model dir or .gguf file; default: embedded SmolLM2-135M-Instruct")
+DeviceOpt = typer.Option("auto", help="auto | cpu | cuda[:N] (auto picks CUDA when present)")
+DtypeOpt = typer.Option("auto", help="auto | fp32 | fp16 | bf16 (auto: bf16/fp16 on CUDA, fp32 on CPU)")
+
+
+@app.callback()
+def _root() -> None:
+    """Causal Attribution Pruning (CAP) of language models for edge runtimes."""
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def format_eval_table(result: dict) -> str:
+    rows = [("family", "n", result["metric"], "95% CI", "chance", "answer CE")]
+    for name, r in list(result["families"].items()) + [("OVERALL", result["overall"])]:
+        lo, hi = r["ci95"]
+        mark = " *" if r["above_chance"] else ""
+        rows.append((name, str(r["n"]), f"{r['acc']:.3f}{mark}", f"[{lo:.3f}, {hi:.3f}]", f"{r['chance']:.3f}", f"{r['answer_ce']:.3f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("(* = 95% CI lies above chance)")
+    return "\n".join(lines)
+
+
+@app.command("eval")
+def eval_cmd(
+    tasks: str = typer.Option("embedded", help="embedded[:families] | PATH.jsonl | gsm8k:PATH | arc:PATH | strategyqa:PATH"),
+    model: Optional[str] = ModelOpt,
+    limit: Optional[int] = typer.Option(None, help="problems per family (embedded) or in all (files)"),
+    metric: str = typer.Option("mc", help="mc (log-likelihood, acc_norm) | gen (greedy + exact match)"),
+    seed: int = typer.Option(0, help="seed of the embedded generators"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full result here"),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Evaluate reasoning accuracy (per family: n, chance, 95% CI, gold-answer cross-entropy)."""
+    _setup_logging(verbose)
+    try:
+        from .evaluate import TorchBackend, evaluate
+        from .models import load_model
+        from .tasks import load_split
+
+        problems = load_split(tasks, "eval", limit, seed)
+        lm = load_model(model, device=device, dtype=dtype)
+        result = evaluate(TorchBackend(lm.model, lm.tokenizer), lm.tokenizer, problems, metric=metric)
+    except (CapEdgeError, ValueError) as e:
+        _fail(e)
+    typer.echo(format_eval_table(result))
+    if json_out:
+        from .io import write_json
+
+        write_json(json_out, {"model": lm.source, "tasks": tasks, "split": "eval", "limit": limit, "seed": seed,
+                              "device": str(lm.device), "dtype": str(lm.model.dtype), **result})
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command("score")
+def score_cmd(
+    out: Path = typer.Option(..., help="directory for head_scores.json and head_scores.png"),
+    calib: str = typer.Option("embedded", help="calibration task spec (its calibration split is used)"),
+    model: Optional[str] = ModelOpt,
+    samples: int = typer.Option(32, help="calibration problems in all"),
+    subsets: int = typer.Option(3, help="K disjoint subsets; score = median over subsets"),
+    mode: str = typer.Option("exact", help="exact | attribution | hybrid | naive"),
+    tokens_per_problem: int = typer.Option(256),
+    seconds: Optional[float] = typer.Option(None, help="wall-clock budget; a partial result is saved and resumable"),
+    refine_fraction: float = typer.Option(0.2, help="hybrid: share of heads re-scored exactly"),
+    force: bool = typer.Option(False, help="recompute even when cached"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """CAP head scores: loss increase when each attention head is masked, on calibration problems."""
+    _setup_logging(verbose)
+    from .config import BudgetConfig, ScoreConfig
+    from .errors import ScoringIncomplete
+    from .io import write_json
+    from .models import load_model
+    from .scoring import heatmap_png, ranked_heads, score_heads
+    from .tasks import calibration_problems
+
+    try:
+        cfg = ScoreConfig(mode=mode, subsets=subsets, refine_fraction=refine_fraction)
+        budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem, seconds=seconds)
+        problems = calibration_problems(calib, samples, seed)
+        lm = load_model(model, device=device, dtype=dtype)
+        result = score_heads(lm.model, lm.tokenizer, problems, cfg, budget, force=force)
+    except ScoringIncomplete as e:
+        typer.secho(f"incomplete: {e}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=3)
+    except (CapEdgeError, ValueError) as e:
+        _fail(e)
+    result["model"] = lm.source
+    result["calib"] = calib
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "head_scores.json", result)
+    heatmap_png(result, out / "head_scores.png")
+    ranked = ranked_heads(result)
+    typer.echo(f"{'cache hit' if result.get('cache_hit') else 'computed'}: {len(ranked)} heads, mode {mode}, "
+               f"intact answer CE {result['intact_loss']['all']:.4f}, {result['seconds']:.1f}s")
+    typer.echo("most important (layer.head: median Δ CE): " + ", ".join(f"{l}.{h}: {v:+.4f}" for l, h, v in ranked[:5]))
+    typer.echo("least important: " + ", ".join(f"{l}.{h}: {v:+.4f}" for l, h, v in ranked[-5:]))
+    typer.echo(f"wrote {out / 'head_scores.json'} and {out / 'head_scores.png'}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

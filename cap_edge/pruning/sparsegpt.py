@@ -1,0 +1,64 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune by OBS saliency with the damped inverse Hessian of
+the layer inputs, and update the remaining weights of each row to compensate, in column blocks.
+Pure: (W, H) in, (W', keep-mask) out."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
+                    blocksize: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (out, in), hessian (in, in) = X^T X over calibration tokens.
+
+    Returns the updated weight (pruned entries exactly zero) and the keep mask.
+    """
+    W = weight.detach().clone().double()  # float64: the Cholesky solves are the fragile part
+    rows, cols = W.shape
+    if hessian.shape != (cols, cols):
+        raise ConfigError(f"sparsegpt: expected a ({cols}, {cols}) Hessian, got {tuple(hessian.shape)}")
+    if nm is not None and cols % nm[1]:
+        raise ConfigError(f"sparsegpt {nm[0]}:{nm[1]}: expected input features divisible by {nm[1]}, got {cols}")
+    H = hessian.detach().clone().double()
+    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (in, in) upper
+
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()  # (out, b)
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)  # (b,)
+        if nm is None:
+            sal = W1 ** 2 / d[None, :] ** 2  # OBS saliency w^2 / [H^-1]_jj^2
+            k = int(sal.numel() * sparsity)
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            if k:
+                mask1.view(-1)[sal.view(-1).topk(k, largest=False).indices] = True
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            if nm is not None and i % nm[1] == 0:
+                n, m = nm
+                sal = W1[:, i:i + m] ** 2 / d[None, i:i + m] ** 2  # (out, m) on the updated weights
+                idx = sal.topk(m - n, dim=1, largest=False).indices
+                mask1[:, i:i + m].scatter_(1, idx, True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d[i]  # (out,)
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W[pruned] = 0
+    return W.to(weight.dtype), ~pruned

@@ -1,0 +1,1 @@
+"""runtimes package (see README)."""

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cap_edge.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("eval", "score"):
+        assert cmd in r.output
+
+
+def test_eval_on_tiny_dir_writes_json(tiny_dir, tmp_path):
+    out = tmp_path / "e.json"
+    r = runner.invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "embedded:boolean", "--limit", "3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "boolean" in r.output and "95% CI" in r.output
+    d = json.loads(out.read_text())
+    assert d["families"]["boolean"]["n"] == 3
+
+
+def test_eval_missing_model_is_clear_error(tmp_path):
+    r = runner.invoke(app, ["eval", "--model", str(tmp_path / "missing")])
+    assert r.exit_code == 2
+    assert "does not exist" in r.output
+
+
+def test_score_writes_json_and_heatmap_then_hits_cache(tiny_dir, tmp_path):
+    out = tmp_path / "s"
+    args = ["score", "--model", str(tiny_dir), "--samples", "6", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "computed" in r.output
+    d = json.loads((out / "head_scores.json").read_text())
+    assert d["complete"] and len(d["layers"]) == 2 and len(d["layers"]["0"]) == 4
+    assert (out / "head_scores.png").read_bytes()[:4] == b"\x89PNG"
+    r2 = runner.invoke(app, args)
+    assert r2.exit_code == 0 and "cache hit" in r2.output
+    r3 = runner.invoke(app, args + ["--force"])
+    assert "computed" in r3.output
+
+
+def test_score_too_small_calibration(tiny_dir, tmp_path):
+    r = runner.invoke(app, ["score", "--model", str(tiny_dir), "--samples", "2", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "too small" in r.output

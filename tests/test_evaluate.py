@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cap_edge.evaluate import TorchBackend, evaluate, extract_answer, perplexity, wilson_ci
+from cap_edge.prompts import encode_pair
+from cap_edge.tasks import Problem, load_split
+
+
+def test_loglik_equals_unbatched_reference(tokenizer, tiny_model):
+    probs = load_split("embedded", "eval", 2)
+    reqs = [encode_pair(tokenizer, p, c) for p in probs for c in p.choices]
+    fast = TorchBackend(tiny_model, tokenizer, progress=False).loglik(reqs)
+    for (ctx, cont), v in zip(reqs, fast):
+        with torch.no_grad():
+            lp = F.log_softmax(tiny_model(torch.tensor([ctx + cont])).logits[0].float(), -1)
+        ref = sum(lp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont))
+        assert v == pytest.approx(ref, abs=1e-4)
+
+
+def test_greedy_left_padding_matches_single(tokenizer, tiny_model):
+    be = TorchBackend(tiny_model, tokenizer, progress=False)
+    prompts = [tokenizer("ab")["input_ids"], tokenizer("a longer prompt")["input_ids"]]
+    both = be.greedy(prompts, 5)
+    assert both[0] == be.greedy(prompts[:1], 5)[0]
+    assert both[1] == be.greedy(prompts[1:], 5)[0]
+
+
+def test_evaluate_reports_n_chance_ci(tokenizer, tiny_model):
+    probs = load_split("embedded:boolean,dates", "eval", 4)
+    r = evaluate(TorchBackend(tiny_model, tokenizer, progress=False), tokenizer, probs)
+    assert r["overall"]["n"] == 8
+    assert r["families"]["boolean"]["chance"] == pytest.approx(0.5)
+    assert r["families"]["dates"]["chance"] == pytest.approx(0.25)
+    lo, hi = r["overall"]["ci95"]
+    assert 0 <= lo <= r["overall"]["acc"] <= hi <= 1
+    assert r["overall"]["answer_ce"] > 0
+    g = evaluate(TorchBackend(tiny_model, tokenizer, progress=False), tokenizer, probs[:2], metric="gen", max_new_tokens=3)
+    assert g["metric"] == "exact_match" and g["overall"]["n"] == 2
+
+
+def test_wilson_ci_known_values():
+    lo, hi = wilson_ci(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_ci(0, 10)[0] == 0.0
+
+
+def test_answer_extraction():
+    p = Problem("1", "f", "q", "42", None)
+    assert extract_answer("so 40 + 2 = 42.", p) == "42"
+    c = Problem("2", "f", "q", "Box B", ("Box A", "Box B"))
+    assert extract_answer("It is Box B, clearly", c) == "Box B"
+
+
+def test_perplexity_is_exp_of_mean_nll(tokenizer, tiny_model):
+    text = "the quick brown fox"
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = tiny_model(ids).logits[0, :-1]
+    ref = math.exp(F.cross_entropy(logits, ids[0, 1:]).item())
+    assert perplexity(tiny_model, tokenizer, text) == pytest.approx(ref, rel=1e-4)
+    assert perplexity(tiny_model, tokenizer, text, max_length=8, stride=4) > 0
+
+
+def test_empty_evaluation_set_is_clear_error(tokenizer, tiny_model):
+    from cap_edge.errors import TaskError
+
+    with pytest.raises(TaskError, match="empty"):
+        evaluate(TorchBackend(tiny_model, tokenizer, progress=False), tokenizer, [])

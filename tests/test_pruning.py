@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from cap_edge.config import PruneConfig
+from cap_edge.errors import ConfigError
+from cap_edge.pruning import (cap_score, global_threshold, head_importance, kv_importance, matrix_mask, nm_mask,
+                              prune_model, row_mask, sparsegpt_prune, sparsity_of, wanda_score)
+from cap_edge.scoring import build_calib_batch, compute_scores
+from cap_edge.config import ScoreConfig
+from cap_edge.tasks import load_split
+
+from conftest import make_tiny_llama
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_mask_keeps_exactly_n_of_every_m(n, m):
+    s = torch.randn(16, 64)
+    mask = nm_mask(s, n, m)
+    assert (mask.view(16, -1, m).sum(-1) == n).all()
+    # the kept ones are the largest of each group
+    g = s.view(16, -1, m)
+    kept_min = torch.where(mask.view(16, -1, m), g, torch.inf).min(-1).values
+    dropped_max = torch.where(~mask.view(16, -1, m), g, -torch.inf).max(-1).values
+    assert (kept_min >= dropped_max).all()
+
+
+def test_nm_mask_rejects_bad_shapes():
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        nm_mask(torch.randn(3, 10), 2, 4)
+    with pytest.raises(ConfigError):
+        nm_mask(torch.randn(3, 8), 4, 4)
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5, 0.777])
+def test_global_threshold_hits_target(sparsity):
+    torch.manual_seed(0)
+    scores = [torch.rand(64, 128) * 3, torch.rand(300, 17), torch.randn(50, 50).abs()]
+    t = global_threshold(scores, sparsity)
+    frac = sum(int((s < t).sum()) for s in scores) / sum(s.numel() for s in scores)
+    assert abs(frac - sparsity) <= 1e-4
+
+
+def test_row_and_matrix_masks():
+    s = torch.rand(8, 100)
+    assert (row_mask(s, 0.3).sum(1) == 70).all()
+    assert matrix_mask(s, 0.25).sum() == 600
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        row_mask(s, 1.0)
+
+
+def test_cap_score_hand_worked():
+    # 2 heads x head_dim 1 -> q rows; importances from scores [0, 1] -> [1, 10]
+    I = head_importance(torch.tensor([[0.0, 1.0]]))
+    assert I.tolist() == [[1.0, 10.0]]
+    W = torch.tensor([[-2.0, 1.0], [0.5, -3.0]])
+    assert cap_score(W, I[0], axis=0, head_dim=1).tolist() == [[2.0, 1.0], [5.0, 30.0]]
+    assert cap_score(W, I[0], axis=1, head_dim=1).tolist() == [[2.0, 10.0], [0.5, 30.0]]
+    assert cap_score(W, I[0].mean(), axis=None).tolist() == [[11.0, 5.5], [2.75, 16.5]]
+    assert head_importance(torch.full((2, 3), 0.7)).eq(1).all()
+
+
+def test_gqa_kv_rows_take_mean_of_query_heads():
+    I = torch.tensor([1.0, 3.0, 10.0, 4.0])  # 4 query heads, 2 KV heads: groups (0,1) and (2,3)
+    kv = kv_importance(I, 2)
+    assert kv.tolist() == [2.0, 7.0]
+    W = torch.ones(2 * 3, 5)  # 2 KV heads x head_dim 3 rows
+    S = cap_score(W, kv, axis=0, head_dim=3)
+    assert S[:3].eq(2.0).all() and S[3:].eq(7.0).all()
+
+
+def test_wanda_score():
+    W = torch.tensor([[1.0, -2.0]])
+    assert wanda_score(W, torch.tensor([3.0, 0.5])).tolist() == [[3.0, 1.0]]
+
+
+def test_sparsegpt_beats_magnitude_on_correlated_inputs():
+    torch.manual_seed(0)
+    n_in, n_out, tokens = 64, 32, 2048
+    base = torch.randn(tokens, 8)
+    X = base @ torch.randn(8, n_in) + 0.1 * torch.randn(tokens, n_in)  # strongly correlated columns
+    W = torch.randn(n_out, n_in)
+    H = X.T.double() @ X.double()
+    for nm in (None, (2, 4)):
+        Ws, keep = sparsegpt_prune(W, H, 0.5, nm, blocksize=16)
+        assert sparsity_of(Ws) == pytest.approx(0.5, abs=0.01)
+        assert (Ws[~keep] == 0).all()
+        Wm = W * (nm_mask(W.abs(), *nm) if nm else matrix_mask(W.abs(), 0.5))
+        err_s = ((X @ (W - Ws).T) ** 2).sum()
+        err_m = ((X @ (W - Wm).T) ** 2).sum()
+        assert err_s < 0.5 * err_m
+
+
+def _scores(model, tok):
+    batch = build_calib_batch(tok, load_split("embedded", "calib", 1)[:6], 3)
+    return batch, compute_scores(model, batch, ScoreConfig(), progress=False)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "cap", "cap-wanda"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+def test_every_method_and_pattern(tokenizer, method, pattern):
+    model = make_tiny_llama()
+    batch, scores = _scores(model, tokenizer)
+    cfg = PruneConfig(method=method, sparsity=0.5, pattern=pattern)
+    rep = prune_model(model, cfg, batch, scores, progress=False)
+    assert rep["achieved_sparsity"] == pytest.approx(0.5, abs=0.01 if method == "cap" else 0.002)
+    if pattern != "unstructured":
+        n, m = cfg.nm
+        for layer in model.model.layers:
+            for lin in (layer.self_attn.q_proj, layer.mlp.down_proj):
+                nz = (lin.weight != 0).view(lin.weight.shape[0], -1, m).sum(-1)
+                assert (nz <= n).all()
+    ref = make_tiny_llama()  # embeddings, norms and LM head untouched
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
+        assert torch.equal(model.state_dict()[name], ref.state_dict()[name])
+
+
+def test_cap_global_threshold_within_tolerance(tokenizer):
+    model = make_tiny_llama()
+    batch, scores = _scores(model, tokenizer)
+    rep = prune_model(model, PruneConfig(method="cap", sparsity=0.3), batch, scores, progress=False)
+    assert abs(rep["achieved_sparsity"] - 0.3) <= 1e-4
+
+
+def test_bad_prune_config_is_clear():
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+            PruneConfig(sparsity=bad)
+    with pytest.raises(ConfigError, match="pattern"):
+        PruneConfig(pattern="3-4")
+    with pytest.raises(ConfigError, match="method"):
+        PruneConfig(method="random")
