@@ -130,6 +130,88 @@ def score_cmd(
     typer.echo(f"wrote {out / 'head_scores.json'} and {out / 'head_scores.png'}")
 
 
+@app.command("prune")
+def prune_cmd(
+    out: Path = typer.Option(..., help="output directory: HF model (safetensors + tokenizer) + sparsity.json"),
+    method: str = typer.Option("cap", help="magnitude | wanda | sparsegpt | cap | cap-wanda"),
+    sparsity: float = typer.Option(0.5, help="target sparsity in [0, 1) (unstructured)"),
+    pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M fixes sparsity at 1-N/M)"),
+    scores: Optional[Path] = typer.Option(None, help="head_scores.json from `cap-edge score` (cap methods); computed and cached if absent"),
+    model: Optional[str] = ModelOpt,
+    calib: str = typer.Option("embedded", help="calibration task spec (Wanda/SparseGPT statistics, CAP scores)"),
+    samples: int = typer.Option(32, help="calibration problems"),
+    tokens_per_problem: int = typer.Option(256),
+    overwrite: bool = typer.Option(False, help="replace a non-empty output directory"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Prune weights (unstructured or N:M) and write a loadable Hugging Face model directory."""
+    _setup_logging(verbose)
+    from .config import BudgetConfig, PruneConfig, ScoreConfig
+    from .io import write_json
+    from .models import load_model
+    from .prune_io import save_pruned
+    from .pruning import get_method, prune_model
+    from .scoring import build_calib_batch, score_heads
+    from .tasks import calibration_problems
+
+    try:
+        cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise CapEdgeError(f"output directory {out} is not empty (pass --overwrite to replace it)")
+        budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem)
+        spec = get_method(method)
+        lm = load_model(model, device=device, dtype=dtype)
+        problems = calibration_problems(calib, samples, seed)
+        pad = lm.tokenizer.pad_token_id or 0
+        batch = build_calib_batch(lm.tokenizer, problems, 3, budget, pad_id=pad)
+        head_scores, scores_ref = None, None
+        if spec.uses_heads:
+            if scores is not None:
+                if not scores.is_file():
+                    raise CapEdgeError(f"scores file not found: {scores}")
+                head_scores = json.loads(scores.read_text())
+                scores_ref = str(scores)
+            else:
+                head_scores = score_heads(lm.model, lm.tokenizer, problems, ScoreConfig(), budget)
+                scores_ref = f"cache:{head_scores['hashes']['cache_key']}"
+        report = prune_model(lm.model, cfg, batch, head_scores)
+        save_pruned(lm.model, lm.tokenizer, out, report, {
+            "model": lm.source, "calibration": {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()},
+            "head_scores": scores_ref}, overwrite=overwrite)
+    except (CapEdgeError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"{method} {pattern}: target {report['target_sparsity']:.4f}, achieved {report['achieved_sparsity']:.4f} "
+               f"over {report['prunable_params']:,} prunable weights in {report['seconds']:.1f}s")
+    typer.echo(f"wrote {out}")
+
+
+@app.command("export")
+def export_cmd(
+    model_dir: Path = typer.Argument(..., help="a (pruned) Hugging Face model directory"),
+    fmt: str = typer.Option(..., "--format", help="onnx | gguf"),
+    precision: str = typer.Option(..., help="onnx: fp32|fp16|int8|int4; gguf: f32|f16|q8_0|q4_0"),
+    out: Path = typer.Option(..., help="output directory (artifact, .zip bundle, manifest.json)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Export to ONNX or GGUF, validate against PyTorch, record sha256/sizes/validation in manifest.json."""
+    _setup_logging(verbose)
+    from .pipeline import export_artifact
+
+    try:
+        if not (model_dir / "config.json").is_file():
+            raise CapEdgeError(f"{model_dir} is not a Hugging Face model directory (config.json missing)")
+        art = export_artifact(model_dir, fmt, precision, out)
+    except CapEdgeError as e:
+        _fail(e)
+    v = art.validation
+    typer.echo(f"{art.path}: {art.bytes / 1e6:.1f} MB raw, {art.compressed_bytes / 1e6:.1f} MB zipped; "
+               f"max |Δlogit| {v['max_abs_logit_diff']:.4g} (tol {v['tolerance']}), top-1 {v['top1_agreement']:.3f}"
+               + (f", greedy 32 equal: {v['greedy_equal']}" if "greedy_equal" in v else "") + " -> valid")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

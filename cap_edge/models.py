@@ -133,9 +133,18 @@ def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
     if missing or unexpected:
         raise ModelLoadError(f"GGUF {gguf_file}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     fresh.tie_weights()
+    pre = None
+    try:  # remember llama.cpp's pre-tokenizer name, so a GGUF export can write it back
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(gguf_file)).fields.get("tokenizer.ggml.pre")
+        pre = field.contents() if field is not None else None
+    except Exception:  # optional metadata; the export falls back to GPT-2's pre-tokenizer
+        pre = None
     with atomic_dir(out, overwrite=True) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        (tmp / "cap_edge_source.json").write_text(json.dumps({"gguf": gguf_file.name, "gguf_pre": pre}))
         _write_verify(tmp)
     return out
 

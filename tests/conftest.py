@@ -3,32 +3,44 @@ character-level tokenizer built in memory: no download, builds in milliseconds."
 
 from __future__ import annotations
 
-import string
-
 import pytest
 import torch
 
 
-CHARS = list(string.ascii_letters + string.digits + string.punctuation + " \n")
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
+def _byte_alphabet() -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    return sorted(pre_tokenizers.ByteLevel.alphabet())
+
+
+MERGES = [("Ġ", "t"), ("t", "h"), ("h", "e"), ("i", "n"), ("Ġ", "a")]
+VOCAB_SIZE = len(SPECIALS) + 256 + len(MERGES)
+
+
 def make_tokenizer():
-    from tokenizers import Tokenizer
+    """Byte-level BPE (GPT-2 style, as SmolLM2 uses) with the 256 byte tokens and a few merges."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tk = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>")
+    vocab = {t: i for i, t in enumerate(SPECIALS + _byte_alphabet() + [a + b for a, b in MERGES])}
+    tk = Tokenizer(BPE(vocab=vocab, merges=MERGES, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", pad_token="<pad>")
+    tok.add_special_tokens({"additional_special_tokens": []})
+    return tok
 
 
 def make_tiny_llama(seed: int = 0, attn: str = "sdpa", **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=64, intermediate_size=128,
+    cfg = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
                tie_word_embeddings=False, rms_norm_eps=1e-5)

@@ -1,0 +1,231 @@
+"""GGUF export for llama.cpp, written with the ``gguf`` package's ``GGUFWriter``.
+
+Tensor names and keys follow llama.cpp's ``llama`` architecture (gguf-py ``TensorNameMap`` /
+``convert_hf_to_gguf.py``): HF ``q_proj``/``k_proj`` rows are permuted into llama.cpp's rotary
+layout. Types F32, F16, Q8_0, Q4_0: symmetric block formats, so a pruned (zero) weight stays zero.
+Norms stay F32. Rows whose length is not a multiple of the 32-element block fall back to F16 with a
+warning naming them; with tied embeddings the token embedding is also the output layer, so under
+Q4_0 it is written Q8_0 (llama.cpp's own quantizer likewise keeps the output layer wider).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cap_edge.errors import ExportError
+from cap_edge.io import atomic_path
+
+from .bundle import Artifact
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("f32", "f16", "q8_0", "q4_0")
+SUPPORTED = ("llama", "mistral")  # share llama.cpp's `llama` graph; Qwen2 (biases) is a different arch there
+BLOCK = 32
+
+# HF name (per layer) -> GGUF name. Source: gguf-py/gguf/tensor_mapping.py (MODEL_TENSOR.ATTN_Q ...).
+LAYER_MAP = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+GLOBAL_MAP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "lm_head.weight": "output.weight"}
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotary layout (halves) -> llama.cpp's (interleaved pairs), per head. w (n_head*hd, in)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _qtype(precision: str):
+    from gguf import GGMLQuantizationType as Q
+
+    return {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[precision]
+
+
+def _file_type(precision: str) -> int:
+    from gguf import LlamaFileType as F
+
+    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "q8_0": F.MOSTLY_Q8_0, "q4_0": F.MOSTLY_Q4_0}[precision]
+
+
+def _tokenizer_fields(model_dir: Path, tokenizer) -> dict:
+    tj = model_dir / "tokenizer.json"
+    if not tj.is_file():
+        raise ExportError(f"{model_dir} has no tokenizer.json: a GGUF needs the model's own BPE tokenizer")
+    data = json.loads(tj.read_text())
+    model = data.get("model", {})
+    if model.get("type") != "BPE":
+        raise ExportError(f"{tj}: expected a BPE tokenizer, got {model.get('type')!r}")
+    vocab = model["vocab"]
+    added = {t["id"]: t for t in data.get("added_tokens", [])}
+    n = max(max(vocab.values()), max(added) if added else -1) + 1
+    tokens, types = [""] * n, [1] * n  # 1 = normal
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    for i, t in added.items():
+        tokens[i] = t["content"]
+        types[i] = 3 if t.get("special") else 4  # control / user-defined
+    for i, t in enumerate(tokens):
+        if t == "":
+            tokens[i], types[i] = f"[PAD{i}]", 5  # unused
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {"tokens": tokens, "types": types, "merges": merges}
+
+
+def _pre_tokenizer(model_dir: Path) -> str:
+    """llama.cpp pre-tokenizer name: recorded by the GGUF conversion when known, else GPT-2's."""
+    src = model_dir / "cap_edge_source.json"
+    if src.is_file():
+        pre = json.loads(src.read_text()).get("gguf_pre")
+        if pre:
+            return pre
+    return "gpt-2"
+
+
+def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f16", metadata: dict | None = None) -> Artifact:
+    import gguf
+    import torch
+    from gguf.quants import quantize
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"GGUF type: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    cfg = AutoConfig.from_pretrained(model_dir)
+    if cfg.model_type not in SUPPORTED:
+        raise ExportError(f"GGUF export supports {', '.join(SUPPORTED)}; {model_dir} is {cfg.model_type!r}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise ExportError(f"{model_dir}: could not load the tokenizer ({e}); a GGUF needs it") from e
+    tok = _tokenizer_fields(model_dir, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    qtype = _qtype(precision)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"model.{precision}.gguf"
+    fallbacks = []
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(str(metadata.get("name", model_dir.name)) if metadata else model_dir.name)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(nh)
+        w.add_head_count_kv(nkv)
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_rope_dimension_count(hd)
+        w.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
+        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_file_type(_file_type(precision))
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(_pre_tokenizer(model_dir))
+        w.add_token_list(tok["tokens"])
+        w.add_token_types(tok["types"])
+        w.add_token_merges(tok["merges"])
+        for setter, tid in ((w.add_bos_token_id, tokenizer.bos_token_id), (w.add_eos_token_id, tokenizer.eos_token_id),
+                            (w.add_unk_token_id, tokenizer.unk_token_id), (w.add_pad_token_id, tokenizer.pad_token_id)):
+            if tid is not None:
+                setter(int(tid))
+        w.add_add_bos_token(False)
+        if getattr(tokenizer, "chat_template", None):
+            w.add_chat_template(tokenizer.chat_template)
+        for k, v in (metadata or {}).items():
+            if k != "name":
+                w.add_string(f"cap_edge.{k}", str(v))
+
+        def put(name: str, data: np.ndarray, want):
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            if data.ndim == 1 or want == gguf.GGMLQuantizationType.F32:
+                w.add_tensor(name, data)
+                return
+            if want == gguf.GGMLQuantizationType.F16:
+                w.add_tensor(name, data.astype(np.float16))
+                return
+            if data.shape[-1] % BLOCK:
+                fallbacks.append(name)
+                w.add_tensor(name, data.astype(np.float16))
+                return
+            w.add_tensor(name, quantize(data, want), raw_dtype=want)
+
+        emb_type = gguf.GGMLQuantizationType.Q8_0 if (tied and precision == "q4_0") else qtype
+        put("token_embd.weight", sd["model.embed_tokens.weight"], emb_type)
+        put("output_norm.weight", sd["model.norm.weight"], qtype)
+        if not tied and "lm_head.weight" in sd:
+            put("output.weight", sd["lm_head.weight"], qtype)
+        for i in range(cfg.num_hidden_layers):
+            for hf, gg in LAYER_MAP.items():
+                t = sd[f"model.layers.{i}.{hf}"]
+                if hf.startswith("self_attn.q_proj"):
+                    t = permute_qk(t, nh)
+                elif hf.startswith("self_attn.k_proj"):
+                    t = permute_qk(t, nkv)
+                put(f"blk.{i}.{gg}", t, qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+    if fallbacks:
+        warnings.warn(f"GGUF {precision}: rows not a multiple of {BLOCK} elements, written F16 instead: "
+                      f"{', '.join(fallbacks)}", RuntimeWarning, stacklevel=2)
+    meta = dict(metadata or {})
+    meta["f16_fallback_tensors"] = fallbacks
+    return Artifact("gguf", precision, str(path), [str(path)], metadata=meta)
+
+
+def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
+    """GGUF tensors dequantized to float32 in HF names and layout (inverse permutation applied)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    nh = config.num_attention_heads
+    nkv = config.num_key_value_heads or nh
+    inv_layer = {v: k for k, v in LAYER_MAP.items()}
+    inv_global = {v: k for k, v in GLOBAL_MAP.items()}
+    out = {}
+    for t in GGUFReader(str(path)).tensors:
+        data = dequantize(t.data, t.tensor_type).astype(np.float32)
+        data = data.reshape([int(x) for x in reversed(t.shape.tolist())])
+        if t.name.startswith("blk."):
+            _, i, rest = t.name.split(".", 2)
+            hf = inv_layer[rest]
+            if hf.startswith("self_attn.q_proj"):
+                data = unpermute_qk(data, nh)
+            elif hf.startswith("self_attn.k_proj"):
+                data = unpermute_qk(data, nkv)
+            out[f"model.layers.{i}.{hf}"] = data
+        else:
+            out[inv_global[t.name]] = data
+    return out
+
+
+def quantized_zeros_kept(path: str | Path, state_dict: dict, config) -> dict:
+    """Every exact zero of the source stays exactly zero after GGUF quantization."""
+    back = read_back(path, config)
+    broken = [n for n, t in back.items() if n in state_dict and not (t[np.asarray(state_dict[n]) == 0] == 0).all()]
+    checked = sum(1 for n in back if n in state_dict and (np.asarray(state_dict[n]) == 0).any())
+    return {"checked_weights": checked, "zeros_broken_in": broken, "ok": checked > 0 and not broken}

@@ -1,0 +1,146 @@
+"""ONNX export through optimum (``text-generation-with-past``: incremental decoding with a KV
+cache in ONNX Runtime, loadable by optimum's ORTModelForCausalLM), then precision conversion.
+
+Precisions: fp32; fp16 (float16 conversion of the fp32 graph, inputs/outputs kept fp32 where
+ONNX Runtime needs it); int8 (ONNX Runtime dynamic quantization, symmetric int8 weights: zero
+stays zero); int4 (weight-only ``MatMulNBits``, symmetric: zero stays zero). Weights over 2 GB go
+to external data (``model.onnx_data``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cap_edge.errors import ExportError
+
+from .bundle import Artifact, move_into
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+
+
+def _save(model, path: Path) -> list[Path]:
+    import onnx
+
+    size = sum(np.prod(t.dims) * 4 for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + "_data", size_threshold=1024)
+        return [path, path.with_name(path.name + "_data")]
+    onnx.save_model(model, path)
+    return [path]
+
+
+def _fp32_export(model_dir: Path, work: Path) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    try:
+        main_export(str(model_dir), output=str(work), task="text-generation-with-past", device="cpu",
+                    do_validation=False)
+    except Exception as e:  # optimum raises many types; name the model and the cause
+        raise ExportError(f"optimum could not export {model_dir} to ONNX: {e}") from e
+    path = work / "model.onnx"
+    if not path.is_file():
+        raise ExportError(f"optimum produced no model.onnx in {work}")
+    return path
+
+
+def _metadata(model, meta: dict) -> None:
+    import onnx
+
+    for k, v in meta.items():
+        p = onnx.StringStringEntryProto(key=f"cap_edge.{k}", value=str(v))
+        model.metadata_props.append(p)
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp32", metadata: dict | None = None) -> Artifact:
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"ONNX precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".onnx-") as tmp:
+        work = Path(tmp)
+        src = _fp32_export(model_dir, work / "fp32")
+        final = work / f"model.{precision}.onnx"
+        if precision == "fp32":
+            m = onnx.load(src)
+        elif precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            m = convert_float_to_float16(onnx.load(src), keep_io_types=False, disable_shape_infer=True,
+                                         op_block_list=["SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"])
+        elif precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            q = work / "q8.onnx"
+            quantize_dynamic(src, q, weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"WeightSymmetric": True})
+            m = onnx.load(q)
+        else:
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            qz = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True)
+            qz.process()
+            m = qz.model.model
+        _metadata(m, {"precision": precision, **(metadata or {})})
+        files = _save(m, final)
+        zeros = pruned_zeros_kept(src, final) if precision in ("int8", "int4") else None
+        placed = move_into(files, out_dir)
+        for extra in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json"):
+            if (src.parent / extra).is_file() and not (out_dir / extra).exists():
+                shutil.copy(src.parent / extra, out_dir / extra)
+    meta = dict(metadata or {})
+    if zeros is not None:
+        meta["quantized_zeros"] = zeros
+        if not zeros["ok"] and zeros["checked_weights"]:
+            raise ExportError(f"ONNX {precision}: quantization turned pruned zeros non-zero in {zeros['zeros_broken_in'][:3]}")
+    return Artifact("onnx", precision, str(placed[0]), [str(p) for p in placed], metadata=meta)
+
+
+def pruned_zeros_kept(fp32_path: str | Path, quant_path: str | Path) -> dict:
+    """For each weight of the fp32 graph with exact zeros, check the quantized graph keeps them zero.
+
+    Dequantizes int8 (DequantizeLinear-free dynamic graphs store ``*_quantized`` + scale + zero
+    point) and MatMulNBits (uint4 blocks with a zero point of 8) initializers.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    ref = {t.name: numpy_helper.to_array(t) for t in onnx.load(fp32_path).graph.initializer if t.data_type == 1}
+    qm = onnx.load(quant_path)
+    inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+    checked, broken = 0, []
+    for name, w in ref.items():
+        if w.ndim != 2 or not (w == 0).any():
+            continue
+        deq = None
+        if name + "_quantized" in inits:
+            q = inits[name + "_quantized"].astype(np.int32)
+            zp = inits.get(name + "_zero_point", np.zeros(1)).astype(np.int32)
+            zp = zp.reshape(1, -1) if zp.size > 1 else zp
+            deq_zero = (q - zp) == 0
+            deq = deq_zero
+        elif name + "_Q4" in inits:
+            node = next(n for n in qm.graph.node if n.op_type == "MatMulNBits" and n.input[1] == name + "_Q4")
+            K, N = (a.i for a in node.attribute if a.name in ("K", "N"))
+            packed = inits[name + "_Q4"].reshape(N, -1)  # (N, blocks*16) bytes, two 4-bit values each
+            lo, hi = packed & 0x0F, packed >> 4
+            vals = np.stack([lo, hi], axis=-1).reshape(N, -1)[:, :K].astype(np.int32)  # (N, K)
+            zpt = 8  # symmetric uint4 zero point
+            deq = (vals - zpt == 0).T  # (K, N) like the fp32 MatMul weight
+        if deq is None:
+            continue
+        checked += 1
+        if not deq[w == 0].all():
+            broken.append(name)
+    return {"checked_weights": checked, "zeros_broken_in": broken, "ok": checked > 0 and not broken}

@@ -1,0 +1,80 @@
+"""Every export checked against PyTorch: logits on fixed prompts under a per-format tolerance,
+next-token top-1 agreement, and greedy generation (KV cache) equal to PyTorch's for 32 tokens where
+the precision is exact enough to demand it. A failure raises ``ValidationError`` naming the
+artifact, metric, value and tolerance; the caller keeps the artifact and marks it invalid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cap_edge.errors import ValidationError
+
+# Fixed prompts (tokenized with the model's own tokenizer).
+PROMPTS = [
+    "The capital of France is",
+    "Question: Anna has 3 apples and buys 4 more. How many apples does she have?\nAnswer:",
+    "def fibonacci(n):",
+]
+
+# Max |logit difference| allowed, per (format, precision). Measured on SmolLM2-135M pruned 50%
+# (README table); quantized formats are held to top-1 agreement as well.
+TOLERANCE = {
+    ("onnx", "fp32"): 1e-3, ("onnx", "fp16"): 0.5, ("onnx", "int8"): 6.0, ("onnx", "int4"): 8.0,
+    ("gguf", "f32"): 0.05, ("gguf", "f16"): 0.5, ("gguf", "q8_0"): 2.0, ("gguf", "q4_0"): 8.0,
+}
+MIN_TOP1 = {"fp32": 1.0, "f32": 1.0, "fp16": 0.9, "f16": 0.9, "int8": 0.6, "q8_0": 0.8, "int4": 0.5, "q4_0": 0.5}
+GREEDY_EXACT = {"fp32", "f32", "f16"}  # precisions whose greedy output must equal PyTorch's
+GREEDY_TOKENS = 32
+
+
+@torch.no_grad()
+def _torch_logits(model, ids: list[int]) -> np.ndarray:
+    dev = next(model.parameters()).device
+    return model(torch.tensor([ids], device=dev)).logits[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def _torch_greedy(model, ids: list[int], n: int, eos: int | None) -> list[int]:
+    dev = next(model.parameters()).device
+    out = model.generate(torch.tensor([ids], device=dev), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
+                         max_new_tokens=n, do_sample=False, temperature=None, top_p=None, top_k=None,
+                         pad_token_id=eos, eos_token_id=eos)[0, len(ids):].tolist()
+    return out[: out.index(eos)] if eos in out else out
+
+
+def validate(runtime, model, tokenizer, fmt: str, precision: str, artifact: str | Path, raise_on_fail: bool = True) -> dict:
+    """Compare ``runtime`` (loaded on the artifact) with the PyTorch ``model``."""
+    tol = TOLERANCE[(fmt, precision)]
+    diffs, agree, total = [], 0, 0
+    for p in PROMPTS:
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ref = _torch_logits(model, ids)  # (T, V)
+        got = runtime.logits(ids)[:, : ref.shape[1]]
+        diffs.append(float(np.abs(ref - got).max()))
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        total += len(ids)
+    result = {"max_abs_logit_diff": max(diffs), "tolerance": tol, "top1_agreement": agree / total,
+              "min_top1": MIN_TOP1[precision], "prompts": len(PROMPTS)}
+    if precision in GREEDY_EXACT:
+        eos = tokenizer.eos_token_id
+        ids = tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+        ref = _torch_greedy(model, ids, GREEDY_TOKENS, eos)
+        got = runtime.greedy([ids], GREEDY_TOKENS)[0]
+        same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+        result["greedy_tokens_equal"] = same
+        result["greedy_equal"] = ref == got
+    failures = []
+    if result["max_abs_logit_diff"] > tol:
+        failures.append(("max_abs_logit_diff", result["max_abs_logit_diff"], tol))
+    if result["top1_agreement"] < MIN_TOP1[precision]:
+        failures.append(("top1_agreement (below minimum)", result["top1_agreement"], MIN_TOP1[precision]))
+    if precision in GREEDY_EXACT and not result["greedy_equal"]:
+        failures.append(("greedy tokens equal to PyTorch (of 32)", result["greedy_tokens_equal"], GREEDY_TOKENS))
+    result["passed"] = not failures
+    if failures and raise_on_fail:
+        name, value, t = failures[0]
+        raise ValidationError(str(artifact), name, value, t)
+    return result

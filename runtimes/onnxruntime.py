@@ -1,0 +1,127 @@
+"""ONNX Runtime over an optimum ``text-generation-with-past`` export (inputs input_ids,
+attention_mask, position_ids, past_key_values.{i}.key/value; outputs logits, present.{i}.*)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import Request, log_softmax
+
+log = logging.getLogger(__name__)
+
+
+def make_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 provider_options: dict | None = None, threads: int | None = None):
+    """An InferenceSession on the first available provider of ``providers``; falls back to the CPU
+    provider with a warning that names what was missing."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen, opts = [], []
+    for p in providers:
+        if p in available:
+            chosen.append(p)
+            opts.append((provider_options or {}).get(p, {}))
+        else:
+            warnings.warn(f"ONNX Runtime execution provider {p} is not available here "
+                          f"(available: {', '.join(available)}); falling back to CPUExecutionProvider", RuntimeWarning,
+                          stacklevel=2)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+        opts.append({})
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=so, providers=chosen, provider_options=opts)
+
+
+class OnnxCausalLM:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 provider_options: dict | None = None, eos_token_id: int | None = None, label: str = "host-measured"):
+        self.path = Path(path)
+        self.session = make_session(self.path, providers, provider_options)
+        self.label = label
+        self.providers = self.session.get_providers()
+        self.eos = eos_token_id
+        ins = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = [n for n in ins if n.startswith("past_key_values.")]
+        self.present_names = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
+        if self.past_names:
+            shape = ins[self.past_names[0]].shape  # [batch, n_kv, past, head_dim]
+            self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+            self.kv_dtype = np.float16 if "float16" in ins[self.past_names[0]].type else np.float32
+        self.has_position_ids = "position_ids" in ins
+
+    def _empty_past(self):
+        return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for n in self.past_names}
+
+    def _run(self, ids: Sequence[int], past: dict | None, past_len: int):
+        T = len(ids)
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, past_len + T), dtype=np.int64)}
+        if self.has_position_ids:
+            feed["position_ids"] = np.arange(past_len, past_len + T, dtype=np.int64)[None]
+        feed.update(past if past is not None else self._empty_past())
+        outs = self.session.run(None, feed)
+        logits = outs[0][0].astype(np.float32)  # (T, V)
+        present = {pn.replace("present.", "past_key_values."): o for pn, o in zip(self.present_names, outs[1:])}
+        return logits, present
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(list(ids), None, 0)[0]
+
+    def loglik(self, requests: Sequence[Request]) -> list[float]:
+        groups = defaultdict(list)
+        for i, (ctx, _) in enumerate(requests):
+            groups[tuple(ctx)].append(i)
+        out = [0.0] * len(requests)
+        for ctx, members in groups.items():
+            logits, present = self._run(list(ctx), None, 0)
+            first = log_softmax(logits[-1])
+            for i in members:
+                cont = requests[i][1]
+                total = first[cont[0]]
+                if len(cont) > 1:
+                    lg, _ = self._run(cont[:-1], present, len(ctx))
+                    lp = log_softmax(lg)
+                    total += sum(lp[j, t] for j, t in enumerate(cont[1:]))
+                out[i] = float(total)
+        return out
+
+    def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        res = []
+        for p in prompts:
+            logits, past = self._run(list(p), None, 0)
+            n, toks = len(p), []
+            for _ in range(max_new_tokens):
+                t = int(np.argmax(logits[-1]))
+                if self.eos is not None and t == self.eos:
+                    break
+                toks.append(t)
+                logits, past = self._run([t], past, n)
+                n += 1
+            res.append(toks)
+        return res
+
+    def timed_generate(self, prompt: Sequence[int], n_new: int):
+        t0 = time.perf_counter()
+        logits, past = self._run(list(prompt), None, 0)
+        t = int(np.argmax(logits[-1]))
+        ttft = time.perf_counter() - t0
+        n, steps = len(prompt), []
+        for _ in range(n_new - 1):
+            s = time.perf_counter()
+            logits, past = self._run([t], past, n)
+            t = int(np.argmax(logits[-1]))
+            n += 1
+            steps.append(time.perf_counter() - s)
+        return ttft, steps

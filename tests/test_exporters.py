@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cap_edge.config import PruneConfig
+from cap_edge.errors import ExportError, ValidationError
+from cap_edge.pipeline import export_artifact
+from cap_edge.prune_io import save_pruned
+from cap_edge.pruning import prune_model
+
+from conftest import make_tiny_llama, make_tokenizer
+
+
+@pytest.fixture
+def pruned_dir(tmp_path):
+    model, tok = make_tiny_llama(), make_tokenizer()
+    rep = prune_model(model, PruneConfig(method="magnitude", pattern="2:4"), progress=False)
+    return save_pruned(model, tok, tmp_path / "pruned", rep)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_onnx_round_trip(pruned_dir, tmp_path, precision):
+    art = export_artifact(pruned_dir, "onnx", precision, tmp_path / "out")
+    assert art.valid and art.validation["passed"]
+    if precision == "fp32":
+        assert art.validation["greedy_equal"] and art.validation["max_abs_logit_diff"] < 1e-3
+    else:
+        assert art.metadata["quantized_zeros"]["ok"]  # pruned weights stay exactly zero
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entry = man["artifacts"][0]
+    assert entry["sha256"] and entry["bytes"] > entry["compressed_bytes"] > 0
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(art.path, load_external_data=False).metadata_props}
+    assert props["cap_edge.sparsity_pattern"] == "2:4"
+
+
+def test_onnx_loads_in_optimum(pruned_dir, tmp_path):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    art = export_artifact(pruned_dir, "onnx", "fp32", tmp_path / "out")
+    m = ORTModelForCausalLM.from_pretrained(tmp_path / "out", file_name="model.fp32.onnx")
+    out = m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] >= 4
+
+
+@pytest.mark.parametrize("precision", ["f32", "f16", "q8_0", "q4_0"])
+def test_gguf_written_read_back_and_loaded(pruned_dir, tmp_path, precision):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from exporters.gguf import read_back
+
+    art = export_artifact(pruned_dir, "gguf", precision, tmp_path / "out")
+    assert art.valid
+    cfg = AutoConfig.from_pretrained(pruned_dir)
+    sd = {k: v.numpy() for k, v in AutoModelForCausalLM.from_pretrained(pruned_dir).state_dict().items()}
+    back = read_back(art.path, cfg)
+    if precision == "f32":  # every tensor equal to the source after the inverse permutation
+        assert all(np.array_equal(back[k], sd[k]) for k in back) and len(back) == 2 * 9 + 2 + 1
+    if precision in ("q8_0", "q4_0"):
+        assert art.metadata["quantized_zeros"]["ok"]
+    if precision in ("f32", "f16"):
+        assert art.validation["greedy_equal"]
+
+
+def test_gguf_metadata_and_tokenizer(pruned_dir, tmp_path):
+    from gguf import GGUFReader
+
+    art = export_artifact(pruned_dir, "gguf", "f16", tmp_path / "out")
+    f = GGUFReader(art.path).fields
+    assert f["cap_edge.sparsity_pattern"].contents() == "2:4"
+    assert f["tokenizer.ggml.model"].contents() == "gpt2"
+    assert len(f["tokenizer.ggml.tokens"].contents()) == len(make_tokenizer())
+    assert f["llama.attention.head_count_kv"].contents() == 2
+
+
+def test_failed_validation_is_typed_and_marked_invalid(pruned_dir, tmp_path, monkeypatch):
+    import exporters.validate as v
+
+    monkeypatch.setitem(v.TOLERANCE, ("onnx", "fp32"), 1e-12)  # tighter than float32 round-off
+    with pytest.raises(ValidationError) as e:
+        export_artifact(pruned_dir, "onnx", "fp32", tmp_path / "out")
+    assert "model.fp32.onnx" in str(e.value) and e.value.metric == "max_abs_logit_diff"
+    assert e.value.tolerance == 1e-12 and e.value.value > 1e-12
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["artifacts"][0]["valid"] is False and "error" in man["artifacts"][0]["validation"]
+
+
+def test_non_llama_or_missing_tokenizer_is_clear(pruned_dir, tmp_path):
+    from exporters import export_gguf
+
+    (pruned_dir / "tokenizer.json").unlink()
+    with pytest.raises(ExportError, match="tokenizer"):
+        export_gguf(pruned_dir, tmp_path / "o", "f16")
+    cfg = json.loads((pruned_dir / "config.json").read_text())
+    cfg["model_type"] = "qwen2"
+    (pruned_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="supports llama"):
+        export_gguf(pruned_dir, tmp_path / "o", "f16")
+    with pytest.raises(ExportError, match="precision"):
+        from exporters import get_exporter
+
+        get_exporter("onnx", "q4_0")
