@@ -212,6 +212,73 @@ def export_cmd(
                + (f", greedy 32 equal: {v['greedy_equal']}" if "greedy_equal" in v else "") + " -> valid")
 
 
+@app.command("devices")
+def devices_cmd():
+    """List the built-in device profiles."""
+    from device_profiles import detect, list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        present, why = detect(p)
+        formats = ", ".join(f"{f}:{pr}" for f in p.export.formats
+                            for pr in (p.export.onnx_precisions if f == "onnx" else p.export.gguf_precisions))
+        typer.echo(f"{name:15s} {p.prune.method} {p.prune.pattern:12s} -> {formats:22s} "
+                   f"budget {p.hardware.memory_budget_mb:.0f} MB, {p.hardware.memory_bandwidth_gbs} GB/s; "
+                   f"{'present' if present else 'absent'} ({why})")
+        typer.echo(f"{'':15s} {p.description}")
+
+
+@app.command("build")
+def build_cmd(
+    device: str = typer.Option(..., help="profile name (see `cap-edge devices`) or a .toml path"),
+    model: Optional[str] = ModelOpt,
+    calib: str = typer.Option("embedded", help="calibration task spec"),
+    eval_tasks: str = typer.Option("embedded", "--eval-tasks", help="held-out evaluation task spec"),
+    eval_per_family: int = typer.Option(10, help="held-out problems per family (embedded) or in all"),
+    method: Optional[str] = typer.Option(None, help="override the profile's pruning method"),
+    sparsity: Optional[float] = typer.Option(None, help="override the profile's sparsity"),
+    pattern: Optional[str] = typer.Option(None, help="override the profile's pattern"),
+    budget_problems: Optional[int] = typer.Option(None, help="override the profile's calibration problems"),
+    budget_tokens: Optional[int] = typer.Option(None, help="override tokens per calibration problem"),
+    budget_seconds: Optional[float] = typer.Option(None, help="override the scoring time budget"),
+    score_mode: str = typer.Option("exact", help="exact | attribution | hybrid"),
+    prompt_tokens: int = typer.Option(64), gen_tokens: int = typer.Option(32), runs: int = typer.Option(3),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: builds/DEVICE)"),
+    overwrite: bool = typer.Option(False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and do nothing else"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """The whole pipeline for one device: calibrate, score, prune, export, validate, evaluate, measure."""
+    _setup_logging(verbose)
+    import dataclasses
+
+    from device_profiles import load_profile
+
+    from .config import BudgetConfig, PruneConfig
+    from .pipeline import BuildConfig, build, plan
+
+    try:
+        prof = load_profile(device)
+        pr = prof.prune
+        pr = PruneConfig(method=method or pr.method, sparsity=pr.sparsity if sparsity is None else sparsity,
+                         pattern=pattern or pr.pattern)
+        b = prof.budget
+        b = BudgetConfig(problems=budget_problems or b.problems, tokens_per_problem=budget_tokens or b.tokens_per_problem,
+                         seconds=b.seconds if budget_seconds is None else budget_seconds)
+        cfg = BuildConfig(profile=prof, out=str(out or Path("builds") / prof.name), model=model, calib=calib,
+                          eval_tasks=eval_tasks, eval_per_family=eval_per_family, prune=pr, budget=b,
+                          score_mode=score_mode, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs,
+                          overwrite=overwrite)
+        if dry_run:
+            typer.echo(json.dumps(plan(cfg), indent=2, default=str))
+            return
+        manifest = build(cfg, log_fn=lambda s: typer.echo(s, err=True))
+    except CapEdgeError as e:
+        _fail(e)
+    typer.echo((Path(cfg.out) / "report.md").read_text())
+    typer.echo(f"wrote {cfg.out}/manifest.json and report.md")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -195,6 +195,25 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> tuple[Path, str]:
     return path, str(path)
 
 
+def model_config(spec: str | os.PathLike | None = None):
+    """The model's config without converting or loading weights (nothing is written)."""
+    from transformers import AutoConfig
+
+    if spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME):
+        gguf = embedded_gguf_path()
+        cached = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+        if (cached / "config.json").is_file():
+            return AutoConfig.from_pretrained(cached), f"embedded:{EMBEDDED_NAME}"
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name), f"embedded:{EMBEDDED_NAME}"
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), str(path)
+    _check_hf_dir(path)
+    return AutoConfig.from_pretrained(path), str(path)
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     device: str = "auto",

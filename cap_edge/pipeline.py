@@ -61,3 +61,278 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
         raise
     update_manifest(out_dir, art)
     return art
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+def measure_artifact(fmt: str, path: str | Path, prompt_tokens: int, gen_tokens: int, runs: int,
+                     providers=None, vocab: int = 1000) -> dict:
+    """Latency + peak RSS of one artifact, measured in a separate process (host-measured)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "runtimes.measure", fmt, str(path), "--prompt-tokens", str(prompt_tokens),
+           "--gen-tokens", str(gen_tokens), "--runs", str(runs), "--vocab", str(vocab)]
+    if providers and fmt == "onnx":
+        cmd += ["--providers", *providers]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {path} failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+BYTES_PER_PARAM = {"fp32": 4.0, "f32": 4.0, "fp16": 2.0, "f16": 2.0, "int8": 1.0, "q8_0": 34 / 32, "int4": 0.5 + 2 / 32,
+                   "q4_0": 18 / 32}
+
+
+def param_count(model_dir_or_config) -> int:
+    """Parameters of a model from its config alone (meta device: no weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = model_dir_or_config if not isinstance(model_dir_or_config, (str, Path)) else AutoConfig.from_pretrained(model_dir_or_config)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in m.parameters())
+
+
+def memory_estimate_mb(config, precision: str, context: int) -> dict:
+    """Weights at ``precision`` + fp16 KV cache for ``context`` tokens + 10% runtime overhead."""
+    from .arch import head_geometry
+
+    g = head_geometry(config)
+    weights = param_count(config) * BYTES_PER_PARAM[precision]
+    kv = 2 * g.num_layers * g.num_kv_heads * g.head_dim * context * 2
+    total = (weights + kv) * 1.10
+    return {"precision": precision, "weights_mb": weights / 2**20, "kv_cache_mb": kv / 2**20, "total_mb": total / 2**20}
+
+
+def roofline(hw, params: int, weight_bytes: int, prompt_tokens: int, pattern: str) -> dict:
+    """Lower bounds on the target: decode s/token >= bytes read / bandwidth; prefill >= FLOPs / TOPS,
+    with sparse TOPS credited only when the device's runtime exploits this sparsity pattern."""
+    sparse_ok = hw.sparse_pattern != "none" and pattern == hw.sparse_pattern
+    tops = hw.sparse_tops if sparse_ok else hw.dense_tops
+    decode_s = weight_bytes / (hw.memory_bandwidth_gbs * 1e9)
+    prefill_s = 2 * params * prompt_tokens / (tops * 1e12)
+    return {"label": "estimated", "decode_tok_s_max": 1 / decode_s, "ttft_s_min": prefill_s,
+            "prefill_tok_s_max": prompt_tokens / prefill_s, "sparsity_credited": sparse_ok,
+            "tops_used": tops, "bandwidth_gbs": hw.memory_bandwidth_gbs}
+
+
+# ---------------------------------------------------------------- build
+
+from dataclasses import asdict, dataclass, field  # noqa: E402
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build needs; the CLI's flags and the Python API both produce one."""
+
+    profile: object  # device_profiles.DeviceProfile
+    out: str
+    model: str | None = None
+    calib: str = "embedded"
+    eval_tasks: str = "embedded"
+    eval_per_family: int = 10
+    prune: object = None  # PruneConfig; None -> the profile's
+    budget: object = None  # BudgetConfig; None -> the profile's
+    score_mode: str = "exact"
+    prompt_tokens: int = 64
+    gen_tokens: int = 32
+    runs: int = 3
+    overwrite: bool = False
+
+    @property
+    def prune_cfg(self):
+        return self.prune or self.profile.prune
+
+    @property
+    def budget_cfg(self):
+        return self.budget or self.profile.budget
+
+    def outputs(self) -> list[tuple[str, str]]:
+        e = self.profile.export
+        out = []
+        for fmt in e.formats:
+            out += [(fmt, p) for p in (e.onnx_precisions if fmt == "onnx" else e.gguf_precisions)]
+        return out
+
+
+def plan(cfg: BuildConfig) -> dict:
+    """The resolved plan: what a build would do, with the memory estimate; reads no weights."""
+    from .models import model_config
+
+    mc, source = model_config(cfg.model)
+    p = cfg.profile
+    mems = [memory_estimate_mb(mc, prec, p.runtime.context_length) for _, prec in cfg.outputs()]
+    return {
+        "device": p.name, "profile_file": p.path, "description": p.description,
+        "model": source, "parameters": param_count(mc),
+        "calibration": {"spec": cfg.calib, **asdict(cfg.budget_cfg)},
+        "scoring": {"mode": cfg.score_mode, "subsets": 3},
+        "pruning": {"method": cfg.prune_cfg.method, "pattern": cfg.prune_cfg.pattern,
+                    "target_sparsity": cfg.prune_cfg.target_sparsity},
+        "outputs": [f"{f}:{pr}" for f, pr in cfg.outputs()],
+        "runtime": {"onnx_providers": list(p.runtime.onnx_providers), "llamacpp_gpu_layers": p.runtime.llamacpp_gpu_layers,
+                    "provider_options": p.runtime.provider_options, "context_length": p.runtime.context_length},
+        "evaluation": {"tasks": cfg.eval_tasks, "per_family": cfg.eval_per_family},
+        "measurement": {"prompt_tokens": cfg.prompt_tokens, "gen_tokens": cfg.gen_tokens, "runs": cfg.runs},
+        "memory_estimate": mems, "memory_budget_mb": p.hardware.memory_budget_mb,
+        "hardware": asdict(p.hardware), "out": cfg.out,
+    }
+
+
+def check_memory(cfg: BuildConfig, model_config) -> list[dict]:
+    from .errors import MemoryBudgetError
+
+    ests = [memory_estimate_mb(model_config, prec, cfg.profile.runtime.context_length) for _, prec in cfg.outputs()]
+    budget = cfg.profile.hardware.memory_budget_mb
+    for e in ests:
+        if e["total_mb"] > budget:
+            raise MemoryBudgetError(
+                f"the model needs about {e['total_mb']:.0f} MB at {e['precision']} (weights {e['weights_mb']:.0f} MB + "
+                f"KV cache {e['kv_cache_mb']:.0f} MB + 10%), over the {cfg.profile.name} memory budget of {budget:.0f} MB")
+    return ests
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("cap-edge", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "llama-cpp-python", "gguf", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
+    """load -> memory check -> calibrate -> CAP scores (cached) -> prune (cached) -> export + validate
+    -> accuracy through the runtime -> latency/memory (host-measured) + roofline (estimated) ->
+    manifest.json + report.md. A failing stage leaves earlier results and a manifest saying where it stopped."""
+    import time
+
+    from .config import ScoreConfig
+    from .errors import CapEdgeError
+    from .evaluate import evaluate
+    from .io import atomic_dir, cache_dir, sha256_json, write_json
+    from .models import load_model, model_fingerprint
+    from .prune_io import save_pruned
+    from .pruning import prune_model
+    from .scoring import build_calib_batch, score_heads
+    from .tasks import calibration_problems, check_disjoint, load_split
+
+    say = log_fn or (lambda s: None)
+    out = Path(cfg.out)
+    if out.exists() and (out / "manifest.json").exists() and not cfg.overwrite:
+        raise CapEdgeError(f"{out} already holds a build (manifest.json); pass --overwrite to rebuild into it")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"status": "running", "device": cfg.profile.name, "plan": plan(cfg), "versions": _versions(),
+                "stages": {}, "artifacts": [], "inputs": {}}
+    write_json(out / "manifest.json", manifest)
+
+    def stage(name):
+        class _S:
+            def __enter__(s):
+                s.t = time.perf_counter()
+                say(f"[{name}] ...")
+                return s
+
+            def __exit__(s, et, ev, tb):
+                manifest["stages"][name] = {"seconds": time.perf_counter() - s.t, "ok": et is None}
+                if et is not None:
+                    manifest["status"] = "failed"
+                    manifest["stopped_at"] = name
+                    manifest["error"] = f"{et.__name__}: {ev}"
+                write_json(out / "manifest.json", manifest)
+                return False
+        return _S()
+
+    with stage("load"):
+        lm = load_model(cfg.model)
+        fp = model_fingerprint(lm.model)
+        manifest["inputs"]["model"] = {"source": lm.source, "sha256_weights": fp}
+    with stage("memory_check"):
+        manifest["memory_estimate"] = check_memory(cfg, lm.model.config)
+    with stage("calibrate"):
+        budget = cfg.budget_cfg
+        calib = calibration_problems(cfg.calib, budget.problems)
+        ev = load_split(cfg.eval_tasks, "eval", cfg.eval_per_family)
+        check_disjoint(calib, ev)
+        batch = build_calib_batch(lm.tokenizer, calib, 3, budget, pad_id=lm.tokenizer.pad_token_id or 0)
+        manifest["inputs"]["calibration"] = {"spec": cfg.calib, "problems": batch.n, "sha256": batch.fingerprint()}
+        manifest["inputs"]["evaluation"] = {"spec": cfg.eval_tasks, "problems": len(ev),
+                                            "sha256": sha256_json([p.question for p in ev])}
+    pcfg = cfg.prune_cfg
+    scores = None
+    with stage("score"):
+        from .pruning import get_method
+
+        if get_method(pcfg.method).uses_heads:
+            scores = score_heads(lm.model, lm.tokenizer, calib, ScoreConfig(mode=cfg.score_mode), budget,
+                                 progress=progress, model_fp=fp)
+            write_json(out / "head_scores.json", scores)
+            manifest["scores"] = {"cache_key": scores["hashes"]["cache_key"], "cache_hit": scores.get("cache_hit"),
+                                  "mode": scores["mode"], "seconds": scores.get("seconds")}
+    with stage("prune"):
+        key = sha256_json({"model": fp, "calib": batch.fingerprint(), "prune": asdict(pcfg),
+                           "scores": scores["hashes"]["cache_key"] if scores else None})
+        pruned_dir = cache_dir() / "pruned" / key[:24]
+        if (pruned_dir / "sparsity.json").is_file() and (pruned_dir / "model.safetensors").is_file():
+            report = json.loads((pruned_dir / "sparsity.json").read_text())
+            manifest["pruned"] = {"dir": str(pruned_dir), "cache_hit": True}
+        else:
+            report = prune_model(lm.model, pcfg, batch, scores, progress=progress)
+            save_pruned(lm.model, lm.tokenizer, pruned_dir, report, {
+                "model": lm.source, "calibration": {"spec": cfg.calib, "problems": batch.n, "hash": batch.fingerprint()},
+                "head_scores": scores["hashes"]["cache_key"] if scores else None}, overwrite=True)
+            manifest["pruned"] = {"dir": str(pruned_dir), "cache_hit": False}
+        manifest["pruned"].update({"method": report["method"], "pattern": report["pattern"],
+                                   "achieved_sparsity": report["achieved_sparsity"]})
+    del lm
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref_model = AutoModelForCausalLM.from_pretrained(pruned_dir, dtype=torch.float32).eval()
+    ref_tok = AutoTokenizer.from_pretrained(pruned_dir)
+    rt_opts = {"onnx": {"providers": tuple(cfg.profile.runtime.onnx_providers),
+                        "provider_options": cfg.profile.runtime.provider_options},
+               "gguf": {"n_gpu_layers": cfg.profile.runtime.llamacpp_gpu_layers, "n_ctx": cfg.profile.runtime.context_length}}
+    arts = []
+    with stage("export"):
+        for fmt, prec in cfg.outputs():
+            say(f"  export {fmt}:{prec}")
+            try:
+                a = export_artifact(pruned_dir, fmt, prec, out / "artifacts", rt_opts[fmt], reference=(ref_model, ref_tok))
+            except ValidationError as e:
+                say(f"  {fmt}:{prec} failed validation: {e}")
+                manifest.setdefault("invalid_artifacts", []).append(str(e))
+                continue
+            arts.append(a)
+    manifest["artifacts"] = [a.as_dict() for a in arts]
+    from runtimes import load_runtime
+
+    params = param_count(ref_model.config)
+    with stage("evaluate"):
+        for a, d in zip(arts, manifest["artifacts"]):
+            rt = load_runtime(a.format, a.path, **({**rt_opts["onnx"], "eos_token_id": ref_tok.eos_token_id} if a.format == "onnx" else rt_opts["gguf"]))
+            res = evaluate(rt, ref_tok, ev)
+            d["accuracy"] = {"label": "host-measured", "runtime": rt.name, "providers": getattr(rt, "providers", None),
+                             "overall": res["overall"], "families": res["families"]}
+            write_json(out / "manifest.json", manifest)
+    with stage("measure"):
+        for a, d in zip(arts, manifest["artifacts"]):
+            prov = list(cfg.profile.runtime.onnx_providers) if a.format == "onnx" else None
+            d["latency"] = measure_artifact(a.format, a.path, cfg.prompt_tokens, cfg.gen_tokens, cfg.runs, prov,
+                                            vocab=ref_model.config.vocab_size)
+            d["estimated"] = roofline(cfg.profile.hardware, params, a.bytes, cfg.prompt_tokens, pcfg.pattern)
+            write_json(out / "manifest.json", manifest)
+    with stage("report"):
+        from .report import build_report_md
+
+        (out / "report.md").write_text(build_report_md(manifest))
+    manifest["status"] = "complete"
+    write_json(out / "manifest.json", manifest)
+    return manifest

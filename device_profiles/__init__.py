@@ -1,1 +1,183 @@
-"""device_profiles package (see README)."""
+"""Device profiles: TOML data files validated into frozen configs at load.
+
+An unknown key or a wrong type is an error naming the file, the key and the expected type. Users
+pass their own profile by path (``--device ./my-board.toml``). Detectors say whether this machine
+is the profile's device (used by the pytest ``device`` marker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cap_edge.config import BudgetConfig, PruneConfig
+from cap_edge.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parent
+
+
+class ProfileError(ConfigError):
+    """A device profile file is missing, malformed or invalid."""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    formats: tuple[str, ...]
+    onnx_precisions: tuple[str, ...] = ()
+    gguf_precisions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    llamacpp_gpu_layers: int = 0
+    context_length: int = 2048
+    provider_options: dict = field(default_factory=dict)  # provider name -> {option: value}
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    memory_budget_mb: float
+    memory_bandwidth_gbs: float
+    dense_tops: float
+    sparse_tops: float
+    sparse_pattern: str  # the sparsity pattern the device's runtime exploits, or "none"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    detector: str
+    budget: BudgetConfig
+    prune: PruneConfig
+    export: ExportSpec
+    runtime: RuntimeSpec
+    hardware: HardwareSpec
+    path: str = ""
+
+
+DETECTORS = ("host", "jetson", "qnn", "raspberry-pi")
+_NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec}
+# PruneConfig fields a profile may set (the rest are algorithm internals)
+_PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern"), BudgetConfig: ("problems", "tokens_per_problem", "seconds")}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
+
+
+def _check(value, tp, where: str):
+    """Return value converted to tp, or raise ProfileError naming where and the expected type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _check(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ProfileError(f"{where}: expected a list of {_type_name(inner)}, got {type(value).__name__} ({value!r})")
+        return tuple(_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProfileError(f"{where}: expected float, got {type(value).__name__} ({value!r})")
+        return float(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: expected a table, got {type(value).__name__}")
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ProfileError(f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+        return value
+    raise ProfileError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    allowed = _PROFILE_FIELDS.get(cls, tuple(f.name for f in dataclasses.fields(cls) if f.name != "path"))
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise ProfileError(f"{where}: unknown key '{unknown[0]}'; expected one of: {', '.join(allowed)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in allowed:
+            continue
+        key = f"{where}.{f.name}" if where.count(":") else f"{where}: key '{f.name}'"
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProfileError(f"{key}: required key is missing")
+            continue
+        if f.name in _NESTED and cls is DeviceProfile:
+            kwargs[f.name] = _build(_NESTED[f.name], data[f.name], f"{where} [{f.name}]")
+        else:
+            kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}: key '{f.name}'")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ProfileError(f"{where}: {e}") from e
+
+
+def _validate(p: DeviceProfile, where: str) -> DeviceProfile:
+    if p.detector not in DETECTORS:
+        raise ProfileError(f"{where}: key 'detector' expected one of {', '.join(DETECTORS)}, got {p.detector!r}")
+    for f in p.export.formats:
+        if f not in ("onnx", "gguf"):
+            raise ProfileError(f"{where} [export]: key 'formats' expected onnx or gguf entries, got {f!r}")
+    from exporters import EXPORTERS  # profile data is checked against the registered precisions
+
+    for fmt, precs in (("onnx", p.export.onnx_precisions), ("gguf", p.export.gguf_precisions)):
+        for pr in precs:
+            if pr not in EXPORTERS[fmt][1]:
+                raise ProfileError(f"{where} [export]: {fmt} precision {pr!r} unknown; expected one of {', '.join(EXPORTERS[fmt][1])}")
+    if p.hardware.sparse_pattern not in ("none", "2:4", "4:8"):
+        raise ProfileError(f"{where} [hardware]: key 'sparse_pattern' expected none, 2:4 or 4:8, got {p.hardware.sparse_pattern!r}")
+    return p
+
+
+def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
+    """A built-in profile by name (``cpu``, ``jetson-orin``, ...) or a TOML file by path."""
+    s = str(name_or_path)
+    path = Path(s) if (s.endswith(".toml") or os.sep in s) else PROFILE_DIR / f"{s}.toml"
+    if not path.is_file():
+        if path.parent == PROFILE_DIR:
+            raise ProfileError(f"unknown device {s!r}; known: {', '.join(list_profiles())} (or pass a .toml path)")
+        raise ProfileError(f"device profile file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path}: not valid TOML ({e})") from e
+    prof = _build(DeviceProfile, data, str(path))
+    return _validate(dataclasses.replace(prof, path=str(path)), str(path))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def detect(profile: DeviceProfile) -> tuple[bool, str]:
+    """(present, reason): is this machine the profile's device?"""
+    if profile.detector == "host":
+        return True, "the host CPU is always present"
+    if profile.detector == "jetson":
+        ok = Path("/etc/nv_tegra_release").exists()
+        return ok, "found /etc/nv_tegra_release" if ok else "no /etc/nv_tegra_release: not a Jetson"
+    if profile.detector == "qnn":
+        import onnxruntime as ort
+
+        ok = "QNNExecutionProvider" in ort.get_available_providers()
+        return ok, "QNN execution provider available" if ok else "ONNX Runtime has no QNNExecutionProvider here"
+    if profile.detector == "raspberry-pi":
+        model = Path("/proc/device-tree/model")
+        ok = model.exists() and "Raspberry Pi" in model.read_text(errors="ignore")
+        return ok, "Raspberry Pi device tree" if ok else "/proc/device-tree/model does not name a Raspberry Pi"
+    return False, f"unknown detector {profile.detector!r}"

@@ -1,0 +1,43 @@
+"""Measure one artifact in a fresh process so peak resident memory is the runtime's own.
+
+    python -m runtimes.measure FORMAT PATH --prompt-tokens P --gen-tokens G --runs N [--providers ...]
+
+Prints one JSON object: latency summary (runtimes.base.latency_summary) + peak_rss_mb + load_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+from . import load_runtime
+from .base import latency_summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("format")
+    ap.add_argument("path")
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--providers", nargs="*", default=None)
+    ap.add_argument("--vocab", type=int, default=1000)
+    a = ap.parse_args(argv)
+    kwargs = {"providers": a.providers} if (a.format == "onnx" and a.providers) else {}
+    t = time.perf_counter()
+    rt = load_runtime(a.format, a.path, **kwargs)
+    load_s = time.perf_counter() - t
+    res = latency_summary(rt, a.prompt_tokens, a.gen_tokens, runs=a.runs, vocab=a.vocab)
+    res["load_s"] = load_s
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    res["runtime"] = rt.name
+    res["providers"] = getattr(rt, "providers", None)
+    res["label"] = rt.label
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+import json
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+from cap_edge.cli import app
+from cap_edge.config import BudgetConfig, PruneConfig
+from cap_edge.errors import MemoryBudgetError
+from cap_edge.pipeline import BuildConfig, build, check_memory, roofline
+from device_profiles import ProfileError, detect, list_profiles, load_profile
+
+runner = CliRunner()
+
+
+def test_builtin_profiles_load_and_have_required_devices():
+    names = list_profiles()
+    for required in ("cpu", "jetson-orin", "mobile-npu", "raspberry-pi-5"):
+        assert required in names
+        p = load_profile(required)
+        assert p.hardware.memory_bandwidth_gbs > 0 and p.budget.problems > 0 and p.export.formats
+    assert load_profile("jetson-orin").prune.pattern == "2:4"
+    assert load_profile("jetson-orin").runtime.provider_options["TensorrtExecutionProvider"]["trt_sparsity_enable"] == "True"
+
+
+def _write(tmp_path, text, name="board.toml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+BASE = (open(load_profile("cpu").path).read())
+
+
+def test_user_profile_by_path(tmp_path):
+    f = _write(tmp_path, BASE.replace('name = "cpu"', 'name = "my-board"'))
+    p = load_profile(str(f))
+    assert p.name == "my-board" and p.path == str(f)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (("[hardware]", "[hardware]\nturbo = true"), "unknown key 'turbo'"),
+    (("problems = 32", 'problems = "many"'), "key 'problems': expected int, got str"),
+    (("memory_bandwidth_gbs = 51.2", 'memory_bandwidth_gbs = "fast"'), "key 'memory_bandwidth_gbs': expected float"),
+    (("sparsity = 0.5", "sparsity = 1.5"), "[0, 1)"),
+    (('gguf_precisions = ["q8_0"]', 'gguf_precisions = ["q2_k"]'), "precision 'q2_k' unknown"),
+    (('name = "cpu"', 'name = "cpu"\ncolour = "red"'), "unknown key 'colour'"),
+])
+def test_profile_validation_errors_name_file_key_and_type(tmp_path, edit, msg):
+    f = _write(tmp_path, BASE.replace(*edit))
+    with pytest.raises(ProfileError) as e:
+        load_profile(str(f))
+    assert msg in str(e.value) and str(f) in str(e.value)
+
+
+def test_unknown_device_and_bad_toml(tmp_path):
+    with pytest.raises(ProfileError, match="unknown device 'nope'; known: cpu"):
+        load_profile("nope")
+    with pytest.raises(ProfileError, match="not valid TOML"):
+        load_profile(str(_write(tmp_path, "name = ")))
+
+
+def test_detectors_on_this_machine():
+    assert detect(load_profile("cpu"))[0]
+    present, why = detect(load_profile("jetson-orin"))
+    assert not present and "nv_tegra_release" in why
+
+
+def test_memory_budget_refusal_gives_both_numbers(tiny_model, tmp_path):
+    prof = load_profile("cpu")
+    import dataclasses
+
+    tiny_budget = dataclasses.replace(prof, hardware=dataclasses.replace(prof.hardware, memory_budget_mb=0.01))
+    with pytest.raises(MemoryBudgetError) as e:
+        check_memory(BuildConfig(profile=tiny_budget, out=str(tmp_path)), tiny_model.config)
+    assert "MB at" in str(e.value) and "memory budget of 0 MB" in str(e.value)
+
+
+def test_roofline_credits_sparsity_only_where_exploited():
+    jet, npu = load_profile("jetson-orin").hardware, load_profile("mobile-npu").hardware
+    a = roofline(jet, 10**8, 10**8, 64, "2:4")
+    b = roofline(jet, 10**8, 10**8, 64, "unstructured")
+    assert a["sparsity_credited"] and not b["sparsity_credited"] and a["ttft_s_min"] == pytest.approx(b["ttft_s_min"] / 2)
+    assert not roofline(npu, 10**8, 10**8, 64, "2:4")["sparsity_credited"]
+    assert a["decode_tok_s_max"] == pytest.approx(68e9 / 1e8) and a["label"] == "estimated"
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tiny_dir, tmp_path):
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["build", "--device", "jetson-orin", "--model", str(tiny_dir), "--out", str(out), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    assert plan["pruning"]["pattern"] == "2:4" and "onnx:fp16" in plan["outputs"] and plan["memory_estimate"]
+    assert not out.exists()
+
+
+def test_onnx_fallback_warning_when_provider_missing(tiny_dir, tmp_path):
+    from cap_edge.pipeline import export_artifact
+    from runtimes.onnxruntime import OnnxCausalLM
+
+    art = export_artifact(tiny_dir, "onnx", "fp32", tmp_path / "o")
+    with pytest.warns(RuntimeWarning, match="TensorrtExecutionProvider is not available.*falling back to CPUExecutionProvider"):
+        rt = OnnxCausalLM(art.path, providers=("TensorrtExecutionProvider", "CPUExecutionProvider"))
+    assert rt.providers == ["CPUExecutionProvider"]
+
+
+def test_build_end_to_end_on_tiny_model(tiny_dir, tmp_path):
+    prof = load_profile("cpu")
+    cfg = BuildConfig(profile=prof, out=str(tmp_path / "build"), model=str(tiny_dir), eval_per_family=1,
+                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
+    m = build(cfg, progress=False)
+    assert m["status"] == "complete"
+    assert {(a["format"], a["precision"]) for a in m["artifacts"]} == {("gguf", "q8_0"), ("onnx", "int8")}
+    for a in m["artifacts"]:
+        assert a["valid"] and a["sha256"] and a["accuracy"]["label"] == "host-measured"
+        assert a["accuracy"]["overall"]["n"] == 10
+        assert a["latency"]["label"] == "host-measured" and a["latency"]["peak_rss_mb"] > 0
+        assert a["estimated"]["label"] == "estimated"
+    report = (tmp_path / "build" / "report.md").read_text()
+    assert "host-measured" in report and "estimated" in report
+    # a second build reuses cached scores and the cached pruned model
+    m2 = build(BuildConfig(**{**cfg.__dict__, "overwrite": True}), progress=False)
+    assert m2["scores"]["cache_hit"] and m2["pruned"]["cache_hit"]
