@@ -279,6 +279,73 @@ def build_cmd(
     typer.echo(f"wrote {cfg.out}/manifest.json and report.md")
 
 
+@app.command("bench")
+def bench_cmd(
+    build_dir: Path = typer.Argument(..., help="a directory written by `cap-edge build`"),
+    runs: int = typer.Option(5, help="interleaved repetitions (median, min, max reported)"),
+    prompt_tokens: int = typer.Option(64), gen_tokens: int = typer.Option(32),
+    eval_per_family: Optional[int] = typer.Option(None, help="held-out problems per family (default: the build's)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result here"),
+    baseline: Optional[Path] = typer.Option(None, help="compare with this stored result; exit 1 on regression"),
+    update_baseline: Optional[Path] = typer.Option(None, help="write this run as the new baseline"),
+    tol_accuracy: float = typer.Option(0.01, help="accuracy drop allowed beyond the baseline's CI half-width"),
+    tol_latency: float = typer.Option(0.10), tol_memory: float = typer.Option(0.05), tol_size: float = typer.Option(0.01),
+    sweep: Optional[Path] = typer.Option(None, help="pruning sweep JSON (benchmarks/results/pruning.json) to plot"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Dense vs pruned artifacts of a build, side by side; optional regression gate."""
+    _setup_logging(verbose)
+    from .gate import Tolerances, compare, format_regressions
+    from .io import write_json
+    from .pipeline import bench
+    from .report import _md_table, RATIO_HEAD, BENCH_HEAD, _bench_rows, _ratio_rows, write_bench_report
+
+    try:
+        res = bench(build_dir, runs=runs, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, eval_per_family=eval_per_family)
+    except CapEdgeError as e:
+        _fail(e)
+    typer.echo(_md_table(BENCH_HEAD, _bench_rows(res)))
+    typer.echo("\nratios pruned/dense (host-measured):")
+    typer.echo(_md_table(RATIO_HEAD, _ratio_rows(res)))
+    md, html_path = write_bench_report(res, build_dir, build_dir, json.loads(sweep.read_text()) if sweep else None)
+    typer.echo(f"wrote {md} and {html_path}")
+    if json_out:
+        write_json(json_out, res)
+    if update_baseline:
+        write_json(update_baseline, res)
+        typer.echo(f"baseline written to {update_baseline}")
+    if baseline:
+        gate_cmd_impl(res, baseline, Tolerances(tol_accuracy, tol_latency, tol_memory, tol_size))
+
+
+def gate_cmd_impl(res: dict, baseline: Path, tol) -> None:
+    from .gate import compare, format_regressions
+
+    if not baseline.is_file():
+        _fail(CapEdgeError(f"baseline file not found: {baseline}"))
+    regs = compare(res, json.loads(baseline.read_text()), tol)
+    if regs:
+        typer.echo(f"REGRESSION against {baseline}:")
+        typer.echo(format_regressions(regs))
+        raise typer.Exit(code=1)
+    typer.echo(f"no regression against {baseline}")
+
+
+@app.command("gate")
+def gate_cmd(
+    result: Path = typer.Argument(..., help="a bench result JSON"),
+    baseline: Path = typer.Option(..., help="the stored baseline JSON"),
+    tol_accuracy: float = typer.Option(0.01), tol_latency: float = typer.Option(0.10),
+    tol_memory: float = typer.Option(0.05), tol_size: float = typer.Option(0.01),
+):
+    """Compare a stored bench result with a baseline; exit 1 with a table of what regressed."""
+    from .gate import Tolerances
+
+    if not result.is_file():
+        _fail(CapEdgeError(f"result file not found: {result}"))
+    gate_cmd_impl(json.loads(result.read_text()), baseline, Tolerances(tol_accuracy, tol_latency, tol_memory, tol_size))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

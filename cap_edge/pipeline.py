@@ -336,3 +336,107 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
     manifest["status"] = "complete"
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+# ---------------------------------------------------------------- bench
+
+def _dense_artifacts(build_dir: Path, manifest: dict, outputs: list[tuple[str, str]], rt_opts: dict) -> dict:
+    """Dense reference artifacts exported the same way as the pruned ones (cached in BUILD_DIR/dense)."""
+    from .models import resolve_model_dir
+
+    dense_dir = build_dir / "dense"
+    man = dense_dir / "manifest.json"
+    have = {}
+    if man.is_file():
+        for a in json.loads(man.read_text())["artifacts"]:
+            if a.get("valid") and Path(a["path"]).is_file():
+                have[(a["format"], a["precision"])] = a
+    source = manifest["inputs"]["model"]["source"]
+    model_dir, _ = resolve_model_dir(None if source.startswith("embedded:") else source)
+    for fmt, prec in outputs:
+        if (fmt, prec) not in have:
+            have[(fmt, prec)] = export_artifact(model_dir, fmt, prec, dense_dir / "artifacts", rt_opts.get(fmt)).as_dict()
+            update = json.loads(man.read_text()) if man.is_file() else {"artifacts": []}
+            update["artifacts"] = [a for a in update["artifacts"] if a["path"] != have[(fmt, prec)]["path"]] + [have[(fmt, prec)]]
+            from .io import write_json
+
+            write_json(man, update)
+    return have
+
+
+def bench(build_dir: str | Path, runs: int = 5, prompt_tokens: int = 64, gen_tokens: int = 32,
+          eval_per_family: int | None = None, progress: bool = True) -> dict:
+    """Dense vs pruned artifacts of a build, measured in one run with interleaved repetitions so
+    machine drift hits both: TTFT, prefill and decode tokens/s (median, min, max), peak RSS, sizes,
+    accuracy through the runtime. All figures host-measured."""
+    import statistics
+
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from .evaluate import evaluate
+    from .tasks import load_split
+    from runtimes import load_runtime
+
+    build_dir = Path(build_dir)
+    mf = build_dir / "manifest.json"
+    if not mf.is_file():
+        from .errors import CapEdgeError
+
+        raise CapEdgeError(f"{build_dir} is not a build directory (manifest.json missing)")
+    manifest = json.loads(mf.read_text())
+    pruned = {(a["format"], a["precision"]): a for a in manifest["artifacts"] if a.get("valid")}
+    if not pruned:
+        from .errors import CapEdgeError
+
+        raise CapEdgeError(f"{build_dir}: the build has no valid artifacts to bench")
+    prov = manifest["plan"]["runtime"]["onnx_providers"]
+    rt_opts = {"onnx": {"providers": tuple(prov)}, "gguf": {"n_ctx": manifest["plan"]["runtime"]["context_length"]}}
+    dense = _dense_artifacts(build_dir, manifest, list(pruned), rt_opts)
+    tok = AutoTokenizer.from_pretrained(manifest["pruned"]["dir"])
+    ev = load_split(manifest["plan"]["evaluation"]["tasks"], "eval", eval_per_family or manifest["plan"]["evaluation"]["per_family"])
+    items = {}
+    for (fmt, prec), a in pruned.items():
+        items[f"pruned/{fmt}:{prec}"] = a
+        items[f"dense/{fmt}:{prec}"] = dense[(fmt, prec)]
+    names = list(items)
+    total = len(names) * (runs + 1)
+    bar = tqdm(total=total, desc="bench", disable=not progress)
+    acc = {}
+    for n in names:
+        a = items[n]
+        opts = {**rt_opts["onnx"], "eos_token_id": tok.eos_token_id} if a["format"] == "onnx" else rt_opts["gguf"]
+        r = evaluate(load_runtime(a["format"], a["path"], **opts), tok, ev)["overall"]
+        acc[n] = {k: r[k] for k in ("acc", "ci95", "n", "chance", "answer_ce")}
+        bar.update(1)
+    samples = {n: [] for n in names}
+    vocab = len(tok)
+    for i in range(runs):  # interleaved: dense and pruned alternate within every repetition
+        for n in (names if i % 2 == 0 else names[::-1]):
+            a = items[n]
+            samples[n].append(measure_artifact(a["format"], a["path"], prompt_tokens, gen_tokens, runs=1,
+                                               providers=list(prov) if a["format"] == "onnx" else None, vocab=vocab))
+            bar.update(1)
+    bar.close()
+    res = {"build": str(build_dir), "device": manifest["device"], "label": "host-measured", "runs": runs,
+           "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "eval_problems": len(ev), "artifacts": {}, "ratios": {}}
+    for n in names:
+        ttft = [s["ttft_s"]["median"] for s in samples[n]]
+        dec = [s["decode_tok_s"]["median"] for s in samples[n]]
+        rss = [s["peak_rss_mb"] for s in samples[n]]
+        res["artifacts"][n] = {
+            "format": items[n]["format"], "precision": items[n]["precision"], "path": items[n]["path"],
+            "bytes": items[n]["bytes"], "compressed_bytes": items[n]["compressed_bytes"], "accuracy": acc[n],
+            "latency": {"ttft_s": statistics.median(ttft), "ttft_min": min(ttft), "ttft_max": max(ttft),
+                        "prefill_tok_s": prompt_tokens / statistics.median(ttft),
+                        "decode_tok_s": statistics.median(dec), "decode_min": min(dec), "decode_max": max(dec),
+                        "peak_rss_mb": statistics.median(rss)}}
+    for (fmt, prec) in pruned:
+        p, d = res["artifacts"][f"pruned/{fmt}:{prec}"], res["artifacts"][f"dense/{fmt}:{prec}"]
+        res["ratios"][f"{fmt}:{prec}"] = {
+            "ttft": p["latency"]["ttft_s"] / d["latency"]["ttft_s"],
+            "decode_tok_s": p["latency"]["decode_tok_s"] / d["latency"]["decode_tok_s"],
+            "peak_rss": p["latency"]["peak_rss_mb"] / d["latency"]["peak_rss_mb"],
+            "bytes": p["bytes"] / d["bytes"], "compressed_bytes": p["compressed_bytes"] / d["compressed_bytes"],
+            "accuracy_diff": p["accuracy"]["acc"] - d["accuracy"]["acc"]}
+    return res

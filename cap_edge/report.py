@@ -40,3 +40,145 @@ def build_report_md(m: dict) -> str:
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v['seconds']:.1f} |" for k, v in m["stages"].items()]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- bench report (md + self-contained html)
+
+import base64  # noqa: E402
+import html  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = {}
+    keys = list(bench["ratios"])
+    if keys:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        for ax, (metric, label) in zip(axes, [("ttft_s", "TTFT (s)"), ("decode_tok_s", "decode tokens/s"), ("peak_rss_mb", "peak RSS (MB)")]):
+            d = [bench["artifacts"][f"dense/{k}"]["latency"][metric] for k in keys]
+            p = [bench["artifacts"][f"pruned/{k}"]["latency"][metric] for k in keys]
+            x = np.arange(len(keys))
+            ax.bar(x - 0.2, d, 0.4, label="dense")
+            ax.bar(x + 0.2, p, 0.4, label="pruned")
+            ax.set_xticks(x, keys)
+            ax.set_title(f"{label} (host-measured)")
+        axes[0].legend()
+        fig.tight_layout()
+        out["Latency and memory, dense vs pruned"] = _png(fig)
+    sj = Path(json.loads((build_dir / "manifest.json").read_text())["pruned"]["dir"]) / "sparsity.json"
+    if sj.is_file():
+        layers = json.loads(sj.read_text())["layers"]
+        by_kind: dict[str, list[tuple[int, float]]] = {}
+        for name, v in layers.items():
+            parts = name.split(".")
+            idx = next(int(p) for p in parts if p.isdigit())
+            by_kind.setdefault(parts[-1], []).append((idx, v["sparsity"]))
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        for kind, pts in sorted(by_kind.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=kind)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("sparsity")
+        ax.legend(fontsize=7, ncol=4)
+        ax.set_title("Per-layer sparsity")
+        fig.tight_layout()
+        out["Per-layer sparsity"] = _png(fig)
+    hs = build_dir / "head_scores.json"
+    if hs.is_file():
+        from .scoring import score_matrix
+
+        m = score_matrix(json.loads(hs.read_text())).numpy()
+        fig, ax = plt.subplots(figsize=(5, 6))
+        lim = float(np.nanmax(np.abs(m)))
+        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, label="Δ answer CE when masked")
+        ax.set_title("CAP head scores")
+        fig.tight_layout()
+        out["CAP head-score heatmap"] = _png(fig)
+    if sweep:
+        dense = sweep["dense"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        methods = sorted({r["method"] for r in sweep["results"]})
+        for meth in methods:
+            pts = sorted((r["target_sparsity"], r["acc"]) for r in sweep["results"] if r["method"] == meth and r["pattern"] == "unstructured")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=meth)
+        ax.axhline(dense["acc"], color="k", ls="--", label="dense")
+        ax.axhline(dense["chance"], color="grey", ls=":", label="chance")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=8)
+        ax.set_title("Accuracy vs sparsity per method")
+        fig.tight_layout()
+        out["Accuracy vs sparsity per method"] = _png(fig)
+    return out
+
+
+def _bench_rows(bench: dict) -> list[list[str]]:
+    rows = []
+    for name, a in bench["artifacts"].items():
+        acc, lat = a["accuracy"], a["latency"]
+        rows.append([name, f"{a['bytes'] / 1e6:.1f}", f"{a['compressed_bytes'] / 1e6:.1f}",
+                     f"{acc['acc']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] n={acc['n']}",
+                     f"{lat['ttft_s']:.4f} ({lat['ttft_min']:.4f}–{lat['ttft_max']:.4f})", f"{lat['prefill_tok_s']:.1f}",
+                     f"{lat['decode_tok_s']:.1f} ({lat['decode_min']:.1f}–{lat['decode_max']:.1f})", f"{lat['peak_rss_mb']:.0f}"])
+    return rows
+
+
+BENCH_HEAD = ["artifact", "raw MB", "zip MB", "accuracy [95% CI]", "TTFT s (min–max)", "prefill tok/s", "decode tok/s (min–max)", "peak RSS MB"]
+RATIO_HEAD = ["artifact", "TTFT", "decode tok/s", "peak RSS", "raw size", "zip size", "Δ accuracy"]
+
+
+def _ratio_rows(bench: dict) -> list[list[str]]:
+    return [[k, f"{r['ttft']:.3f}", f"{r['decode_tok_s']:.3f}", f"{r['peak_rss']:.3f}", f"{r['bytes']:.3f}",
+             f"{r['compressed_bytes']:.3f}", f"{r['accuracy_diff']:+.3f}"] for k, r in bench["ratios"].items()]
+
+
+def _md_table(head, rows) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_bench_report(bench: dict, build_dir: str | Path, out_dir: str | Path, sweep: dict | None = None) -> tuple[Path, Path]:
+    """report.md and a self-contained report.html (images inlined as data: URIs, no external URLs)."""
+    from .io import atomic_path
+
+    build_dir, out_dir = Path(build_dir), Path(out_dir)
+    plots = _plots(bench, build_dir, sweep)
+    title = f"cap-edge bench: {bench['device']} ({bench['label']}, {bench['runs']} interleaved runs, P={bench['prompt_tokens']}, G={bench['gen_tokens']})"
+    md = [f"# {title}", "", "## Measurements", "", _md_table(BENCH_HEAD, _bench_rows(bench)), "",
+          "## Ratios pruned / dense", "", _md_table(RATIO_HEAD, _ratio_rows(bench)), ""]
+    md += [f"Plots: see report.html ({', '.join(plots)})."]
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for head, rows, caption in ((BENCH_HEAD, _bench_rows(bench), "Measurements"), (RATIO_HEAD, _ratio_rows(bench), "Ratios pruned / dense")):
+        parts.append(f"<h2>{caption}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    for caption, b64 in plots.items():
+        parts.append(f"<h2>{html.escape(caption)}</h2><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{b64}\">")
+    page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>cap-edge report</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
+            + "".join(parts) + "</body></html>")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "report.md") as t:
+        t.write_text("\n".join(md) + "\n")
+    with atomic_path(out_dir / "report.html") as t:
+        t.write_text(page)
+    return out_dir / "report.md", out_dir / "report.html"
