@@ -92,12 +92,23 @@ def score_cmd(
     seconds: Optional[float] = typer.Option(None, help="wall-clock budget; a partial result is saved and resumable"),
     refine_fraction: float = typer.Option(0.2, help="hybrid: share of heads re-scored exactly"),
     force: bool = typer.Option(False, help="recompute even when cached"),
+    distributed: bool = typer.Option(False, "--distributed", help="split exact scoring over torchrun processes"),
+    head_group: Optional[int] = typer.Option(None, help="distributed: heads per job (default: all heads of a layer)"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """CAP head scores: loss increase when each attention head is masked, on calibration problems."""
+    rank = 0
+    if distributed:
+        import os
+
+        from .distributed import init
+
+        rank, _ = init()
+        if device == "auto" and __import__("torch").cuda.is_available():
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     _setup_logging(verbose)
     from .config import BudgetConfig, ScoreConfig
     from .errors import ScoringIncomplete
@@ -111,7 +122,10 @@ def score_cmd(
         budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem, seconds=seconds)
         problems = calibration_problems(calib, samples, seed)
         lm = load_model(model, device=device, dtype=dtype)
-        result = score_heads(lm.model, lm.tokenizer, problems, cfg, budget, force=force)
+        result = score_heads(lm.model, lm.tokenizer, problems, cfg, budget, force=force, distributed=distributed, head_group=head_group,
+                             progress=rank == 0)
+        if result is None:  # a non-zero rank: rank 0 writes the result
+            return
     except ScoringIncomplete as e:
         typer.secho(f"incomplete: {e}", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=3)

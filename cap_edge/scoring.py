@@ -18,6 +18,7 @@ rank is least certain).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .arch import arch_for, get_module, head_geometry
 from .config import BudgetConfig, ScoreConfig
-from .errors import ScoringIncomplete, TaskError
+from .errors import ConfigError, ScoringIncomplete, TaskError
 from .io import cache_dir, sha256_json, write_json
 from .prompts import encode_pair
 from .tasks.base import Problem
@@ -446,7 +447,8 @@ def heatmap_png(result: dict, path) -> None:
 
 
 def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig, budget: BudgetConfig | None = None,
-                *, force: bool = False, progress: bool = True, model_fp: str | None = None) -> dict:
+                *, force: bool = False, progress: bool = True, model_fp: str | None = None,
+                distributed: bool = False, head_group: int | None = None) -> dict | None:
     """Calibration batch -> cache key -> scores (reused when cached unless ``force``)."""
     from .models import model_fingerprint
 
@@ -456,8 +458,33 @@ def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig,
     model_fp = model_fp or model_fingerprint(model)
     dtype = next(model.parameters()).dtype
     key = scores_cache_key(model_fp, batch, cfg, dtype)
-    result = compute_scores(model, batch, cfg, cache_key=key, use_cache=not force,
-                            time_budget_s=budget.seconds, progress=progress)
+    if distributed:
+        if cfg.mode != "exact":
+            raise ConfigError(f"distributed scoring runs the exact mode; got {cfg.mode!r}")
+        from .distributed import distributed_scores
+
+        done = cache_dir() / "scores" / f"{key}.json"
+        if not force and done.is_file() and json.loads(done.read_text()).get("complete"):
+            from .distributed import world
+
+            if world()[0] != 0:
+                return None
+            result = json.loads(done.read_text())
+            result["cache_hit"] = True
+            result["hashes"] = {"model": model_fp, "calibration": batch.fingerprint(), "cache_key": key}
+            return result
+        if force:
+            import shutil
+
+            shutil.rmtree(done.with_suffix(".jobs"), ignore_errors=True)
+            done.unlink(missing_ok=True)
+        result = distributed_scores(model, batch, cfg, key, progress=progress, head_group=head_group)
+        if result is None:  # not rank 0
+            return None
+        result["cache_hit"] = False
+    else:
+        result = compute_scores(model, batch, cfg, cache_key=key, use_cache=not force,
+                                time_budget_s=budget.seconds, progress=progress)
     result["hashes"] = {"model": model_fp, "calibration": batch.fingerprint(), "cache_key": key}
     result["config"] = {**cfg.key(), "problems": batch.n, "tokens_per_problem": budget.tokens_per_problem,
                         "answer_tokens": int(batch.tokens.sum()), "dtype": str(dtype),

@@ -1,0 +1,113 @@
+"""CAP exact scoring across processes with torch.distributed (torchrun; NCCL on GPUs, gloo on CPUs).
+
+Jobs are (layer, head group) pairs. A job at layer l recomputes layers l..L-1, so its cost is
+proportional to (L - l) x heads; jobs are assigned by a static longest-processing-time-first
+balance that every rank computes identically. Each rank recomputes the intact pass itself: one
+forward, about 1/(L x H / 2) of the exact work, cheaper than shipping every layer's hidden states
+between processes. Every finished job is written to the cache at once (atomically), so a restart
+after a failure recomputes only the missing jobs. Rank 0 gathers and writes the same result a
+single process writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ScoreConfig
+from .io import cache_dir, write_json
+from .scoring import CalibBatch, ScoringEngine, _empty_result, subset_losses, summarise_effects
+
+
+def world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init(timeout_s: float = 1800.0) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    rank, size = world()
+    if size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return rank, size
+
+
+def plan_jobs(num_layers: int, num_heads: int, group: int, ranks: int) -> list[list[tuple[int, list[int]]]]:
+    """Static balance: jobs (layer, heads) sorted by cost (L - layer) x heads, each given to the
+    least-loaded rank so far. Returns the job list of every rank."""
+    jobs = [(l, list(range(h, min(h + group, num_heads)))) for l in range(num_layers) for h in range(0, num_heads, group)]
+    cost = lambda j: (num_layers - j[0]) * len(j[1])  # noqa: E731
+    load = [0.0] * ranks
+    out: list[list] = [[] for _ in range(ranks)]
+    for j in sorted(jobs, key=lambda j: (-cost(j), j[0], j[1][0])):
+        r = min(range(ranks), key=lambda i: (load[i], i))
+        out[r].append(j)
+        load[r] += cost(j)
+    return out
+
+
+def _job_path(key: str, layer: int, heads: list[int]) -> Path:
+    return cache_dir() / "scores" / f"{key}.jobs" / f"{layer}-{heads[0]}-{heads[-1]}.json"
+
+
+def distributed_scores(model, batch: CalibBatch, cfg: ScoreConfig, cache_key: str, progress: bool = True,
+                       head_group: int | None = None) -> dict | None:
+    """Run this rank's jobs; rank 0 returns the full result (others return None)."""
+    import torch.distributed as dist
+
+    rank, size = world()
+    engine = ScoringEngine(model, batch, cfg.subsets, cfg.max_batch_tokens)
+    g = engine.g
+    L, H, K = g.num_layers, g.num_heads, cfg.subsets
+    group = head_group or H
+    mine = plan_jobs(L, H, group, size)[rank]
+    t0 = time.perf_counter()
+    intact = engine.intact()
+    busy, computed, reused = 0.0, 0, 0
+    fail_after = os.environ.get("CAP_EDGE_TEST_FAIL_RANK_AFTER")  # test hook: "RANK:JOBS" makes that rank die
+    for i, (l, heads) in enumerate(mine):
+        if fail_after and int(fail_after.split(":")[0]) == rank and i >= int(fail_after.split(":")[1]):
+            os._exit(17)  # simulate a crashed worker
+        p = _job_path(cache_key, l, heads)
+        if p.is_file():
+            reused += 1
+            continue
+        s = time.perf_counter()
+        rows = engine.masked_rows(l, heads)
+        eff = subset_losses(rows, batch, K).cpu() - intact.cpu()[None]  # (len(heads), K)
+        write_json(p, {"layer": l, "heads": heads, "effects": eff.tolist()})
+        busy += time.perf_counter() - s
+        computed += 1
+    stats = {"rank": rank, "jobs": len(mine), "computed": computed, "reused": reused, "busy_s": busy,
+             "wall_s": time.perf_counter() - t0, "cost_units": sum((L - l) * len(h) for l, h in mine)}
+    if size > 1:
+        all_stats = [None] * size
+        dist.all_gather_object(all_stats, stats)  # also a barrier: every job file is written
+    else:
+        all_stats = [stats]
+    if rank != 0:
+        return None
+    result = _empty_result(g, cfg)
+    result["intact_loss"] = {"subsets": [float(v) for v in intact], "all": float(engine.intact_rows.sum() / batch.tokens.sum())}
+    per_layer: dict[int, list] = {l: [None] * H for l in range(L)}
+    for l in range(L):
+        for h0 in range(0, H, group):
+            heads = list(range(h0, min(h0 + group, H)))
+            data = json.loads(_job_path(cache_key, l, heads).read_text())
+            for h, e in zip(heads, data["effects"]):
+                per_layer[l][h] = summarise_effects(torch.tensor(e, dtype=torch.float64))
+    result["layers"] = {str(l): per_layer[l] for l in range(L)}
+    result["complete"] = True
+    result["seconds"] = max(s["wall_s"] for s in all_stats)
+    result["distributed"] = {"world_size": size, "backend": dist.get_backend() if size > 1 else "none",
+                             "head_group": group, "ranks": all_stats, "intact_pass": "recomputed per rank"}
+    write_json(cache_dir() / "scores" / f"{cache_key}.json", result)
+    return result
