@@ -16,7 +16,7 @@ def build_report_md(m: dict) -> str:
              f"- pruning: {m['pruned']['method']} {m['pruned']['pattern']}, achieved sparsity {m['pruned']['achieved_sparsity']:.4f}",
              f"- evaluation: {m['inputs']['evaluation']['problems']} held-out problems from `{m['inputs']['evaluation']['spec']}`",
              "", "## Artifacts (host-measured on this machine)", "",
-             "| artifact | raw MB | zip MB | valid | max Δlogit (tol) | top-1 | accuracy [95% CI] (n, chance) | TTFT s | decode tok/s | peak RSS MB |",
+             "| artifact | raw MB | zip MB | valid | validation metric = value (tol) | top-1 | accuracy [95% CI] (n, chance) | TTFT s | decode tok/s | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for a in m["artifacts"]:
         v = a["validation"]
@@ -25,7 +25,7 @@ def build_report_md(m: dict) -> str:
         acc_s = f"{acc['acc']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}, {acc['chance']:.3f})" if acc else "-"
         lines.append(
             f"| {a['format']}:{a['precision']} | {_mb(a['bytes'])} | {_mb(a['compressed_bytes'])} | {a['valid']} | "
-            f"{v['max_abs_logit_diff']:.3g} ({v['tolerance']}) | {v['top1_agreement']:.3f} | {acc_s} | "
+            f"{v['metric']} = {v[v['metric']]:.3g} ({v['tolerance']}) | {v['top1_agreement']:.3f} | {acc_s} | "
             f"{lat.get('ttft_s', {}).get('median', float('nan')):.3f} | {lat.get('decode_tok_s', {}).get('median', float('nan')):.1f} | "
             f"{lat.get('peak_rss_mb', float('nan')):.0f} |")
     lines += ["", f"## {m['device']} target (estimated: roofline lower bounds from the profile's hardware figures)", "",

@@ -99,7 +99,8 @@ def _pre_tokenizer(model_dir: Path) -> str:
     return "gpt-2"
 
 
-def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f16", metadata: dict | None = None) -> Artifact:
+def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f16", metadata: dict | None = None,
+                output_type: str | None = None) -> Artifact:
     import gguf
     import torch
     from gguf.quants import quantize
@@ -172,7 +173,8 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
                 return
             w.add_tensor(name, quantize(data, want), raw_dtype=want)
 
-        emb_type = gguf.GGMLQuantizationType.Q8_0 if (tied and precision == "q4_0") else qtype
+        emb_type = _qtype(output_type) if output_type else (
+            gguf.GGMLQuantizationType.Q8_0 if (tied and precision == "q4_0") else qtype)
         put("token_embd.weight", sd["model.embed_tokens.weight"], emb_type)
         put("output_norm.weight", sd["model.norm.weight"], qtype)
         if not tied and "lm_head.weight" in sd:

@@ -19,15 +19,26 @@ PROMPTS = [
     "def fibonacci(n):",
 ]
 
-# Max |logit difference| allowed, per (format, precision). Measured on SmolLM2-135M pruned 50%
-# (README table); quantized formats are held to top-1 agreement as well.
+# Per (format, precision): the metric that must stay under its tolerance. Exact float formats are
+# held to the max |logit difference|; reduced precisions to the mean KL(PyTorch || runtime) of the
+# next-token distributions over all prompt positions (nats) plus a minimum top-1 agreement, because
+# a max over 49k logits x positions mostly measures the largest, irrelevant logit. Tolerances were
+# set from the measurements in the README (exports table), not to make anything pass.
 TOLERANCE = {
-    ("onnx", "fp32"): 1e-3, ("onnx", "fp16"): 0.5, ("onnx", "int8"): 6.0, ("onnx", "int4"): 8.0,
-    ("gguf", "f32"): 0.05, ("gguf", "f16"): 0.5, ("gguf", "q8_0"): 2.0, ("gguf", "q4_0"): 8.0,
+    ("onnx", "fp32"): ("max_abs_logit_diff", 1e-3), ("gguf", "f32"): ("max_abs_logit_diff", 0.05),
+    ("onnx", "fp16"): ("mean_kl", 0.01), ("gguf", "f16"): ("mean_kl", 0.01),
+    ("onnx", "int8"): ("mean_kl", 0.05), ("gguf", "q8_0"): ("mean_kl", 0.2),
+    ("onnx", "int4"): ("mean_kl", 0.5), ("gguf", "q4_0"): ("mean_kl", 0.5),
 }
-MIN_TOP1 = {"fp32": 1.0, "f32": 1.0, "fp16": 0.9, "f16": 0.9, "int8": 0.6, "q8_0": 0.8, "int4": 0.5, "q4_0": 0.5}
+MIN_TOP1 = {"fp32": 1.0, "f32": 1.0, "fp16": 0.95, "f16": 0.95, "int8": 0.9, "q8_0": 0.85, "int4": 0.6, "q4_0": 0.6}
 GREEDY_EXACT = {"fp32", "f32", "f16"}  # precisions whose greedy output must equal PyTorch's
 GREEDY_TOKENS = 32
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 @torch.no_grad()
@@ -47,16 +58,19 @@ def _torch_greedy(model, ids: list[int], n: int, eos: int | None) -> list[int]:
 
 def validate(runtime, model, tokenizer, fmt: str, precision: str, artifact: str | Path, raise_on_fail: bool = True) -> dict:
     """Compare ``runtime`` (loaded on the artifact) with the PyTorch ``model``."""
-    tol = TOLERANCE[(fmt, precision)]
-    diffs, agree, total = [], 0, 0
+    metric, tol = TOLERANCE[(fmt, precision)]
+    diffs, kls, agree, total = [], [], 0, 0
     for p in PROMPTS:
         ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         ref = _torch_logits(model, ids)  # (T, V)
         got = runtime.logits(ids)[:, : ref.shape[1]]
         diffs.append(float(np.abs(ref - got).max()))
+        a, b = _log_softmax(ref), _log_softmax(got)
+        kls += list((np.exp(a) * (a - b)).sum(-1))  # KL(torch || runtime) per position
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         total += len(ids)
-    result = {"max_abs_logit_diff": max(diffs), "tolerance": tol, "top1_agreement": agree / total,
+    result = {"max_abs_logit_diff": max(diffs), "mean_kl": float(np.mean(kls)), "max_kl": float(np.max(kls)),
+              "metric": metric, "tolerance": tol, "top1_agreement": agree / total,
               "min_top1": MIN_TOP1[precision], "prompts": len(PROMPTS)}
     if precision in GREEDY_EXACT:
         eos = tokenizer.eos_token_id
@@ -67,8 +81,8 @@ def validate(runtime, model, tokenizer, fmt: str, precision: str, artifact: str 
         result["greedy_tokens_equal"] = same
         result["greedy_equal"] = ref == got
     failures = []
-    if result["max_abs_logit_diff"] > tol:
-        failures.append(("max_abs_logit_diff", result["max_abs_logit_diff"], tol))
+    if result[metric] > tol:
+        failures.append((metric, result[metric], tol))
     if result["top1_agreement"] < MIN_TOP1[precision]:
         failures.append(("top1_agreement (below minimum)", result["top1_agreement"], MIN_TOP1[precision]))
     if precision in GREEDY_EXACT and not result["greedy_equal"]:
