@@ -27,6 +27,69 @@ class Runtime(Protocol):
         """(seconds to the first new token, seconds of each further decode step), EOS ignored."""
 
 
+class KVCacheLM:
+    """loglik / greedy / timed generation written once over two runtime primitives:
+    ``_start(ids) -> (logits (T, V), state)`` runs a prompt from an empty cache, and
+    ``_extend(ids, state) -> (logits, state)`` continues from a cached prefix."""
+
+    eos: int | None = None
+
+    def _start(self, ids):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _extend(self, ids, state):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        return self._start(list(ids))[0]
+
+    def loglik(self, requests: Sequence[Request]) -> list[float]:
+        from collections import defaultdict
+
+        groups = defaultdict(list)
+        for i, (ctx, _) in enumerate(requests):
+            groups[tuple(ctx)].append(i)
+        out = [0.0] * len(requests)
+        for ctx, members in groups.items():  # the context runs once per problem
+            logits, state = self._start(list(ctx))
+            first = log_softmax(logits[-1])
+            for i in members:
+                cont = requests[i][1]
+                total = first[cont[0]]
+                if len(cont) > 1:
+                    lp = log_softmax(self._extend(cont[:-1], state)[0])
+                    total += sum(lp[j, t] for j, t in enumerate(cont[1:]))
+                out[i] = float(total)
+        return out
+
+    def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        res = []
+        for p in prompts:
+            logits, state = self._start(list(p))
+            toks = []
+            for _ in range(max_new_tokens):
+                t = int(np.argmax(logits[-1]))
+                if self.eos is not None and t == self.eos:
+                    break
+                toks.append(t)
+                logits, state = self._extend([t], state)
+            res.append(toks)
+        return res
+
+    def timed_generate(self, prompt: Sequence[int], n_new: int):
+        t0 = time.perf_counter()
+        logits, state = self._start(list(prompt))
+        t = int(np.argmax(logits[-1]))
+        ttft = time.perf_counter() - t0
+        steps = []
+        for _ in range(n_new - 1):
+            s = time.perf_counter()
+            logits, state = self._extend([t], state)
+            t = int(np.argmax(logits[-1]))
+            steps.append(time.perf_counter() - s)
+        return ttft, steps
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(axis=-1, keepdims=True)

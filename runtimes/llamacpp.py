@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .base import Request, log_softmax
+from .base import KVCacheLM
 
 
-class LlamaCppLM:
+class LlamaCppLM(KVCacheLM):
     name = "llama.cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
@@ -32,48 +30,9 @@ class LlamaCppLM:
         self.llm.eval(list(ids))
         return np.array(self.llm.scores[keep: keep + len(ids)], dtype=np.float32)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        return self._eval(ids, 0)
+    def _start(self, ids):
+        return self._eval(ids, 0), len(ids)
 
-    def loglik(self, requests: Sequence[Request]) -> list[float]:
-        groups = defaultdict(list)
-        for i, (ctx, _) in enumerate(requests):
-            groups[tuple(ctx)].append(i)
-        out = [0.0] * len(requests)
-        for ctx, members in groups.items():
-            first = log_softmax(self._eval(ctx, 0)[-1])
-            for i in members:
-                cont = requests[i][1]
-                total = first[cont[0]]
-                if len(cont) > 1:
-                    lp = log_softmax(self._eval(cont[:-1], len(ctx)))
-                    total += sum(lp[j, t] for j, t in enumerate(cont[1:]))
-                out[i] = float(total)
-        return out
-
-    def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        res = []
-        for p in prompts:
-            logits = self._eval(p, 0)[-1]
-            n, toks = len(p), []
-            for _ in range(max_new_tokens):
-                t = int(np.argmax(logits))
-                if t == self.eos:
-                    break
-                toks.append(t)
-                logits = self._eval([t], n)[-1]
-                n += 1
-            res.append(toks)
-        return res
-
-    def timed_generate(self, prompt: Sequence[int], n_new: int):
-        t0 = time.perf_counter()
-        t = int(np.argmax(self._eval(prompt, 0)[-1]))
-        ttft = time.perf_counter() - t0
-        n, steps = len(prompt), []
-        for _ in range(n_new - 1):
-            s = time.perf_counter()
-            t = int(np.argmax(self._eval([t], n)[-1]))
-            n += 1
-            steps.append(time.perf_counter() - s)
-        return ttft, steps
+    def _extend(self, ids, n_past):
+        # the cache holds one sequence: continuing from n_past drops whatever followed it
+        return self._eval(ids, n_past), n_past + len(ids)

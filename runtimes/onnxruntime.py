@@ -4,15 +4,13 @@ attention_mask, position_ids, past_key_values.{i}.key/value; outputs logits, pre
 from __future__ import annotations
 
 import logging
-import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .base import Request, log_softmax
+from .base import KVCacheLM
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ def make_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProv
     return ort.InferenceSession(str(path), sess_options=so, providers=chosen, provider_options=opts)
 
 
-class OnnxCausalLM:
+class OnnxCausalLM(KVCacheLM):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -76,52 +74,11 @@ class OnnxCausalLM:
         present = {pn.replace("present.", "past_key_values."): o for pn, o in zip(self.present_names, outs[1:])}
         return logits, present
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        return self._run(list(ids), None, 0)[0]
+    def _start(self, ids):
+        logits, present = self._run(ids, None, 0)
+        return logits, (present, len(ids))
 
-    def loglik(self, requests: Sequence[Request]) -> list[float]:
-        groups = defaultdict(list)
-        for i, (ctx, _) in enumerate(requests):
-            groups[tuple(ctx)].append(i)
-        out = [0.0] * len(requests)
-        for ctx, members in groups.items():
-            logits, present = self._run(list(ctx), None, 0)
-            first = log_softmax(logits[-1])
-            for i in members:
-                cont = requests[i][1]
-                total = first[cont[0]]
-                if len(cont) > 1:
-                    lg, _ = self._run(cont[:-1], present, len(ctx))
-                    lp = log_softmax(lg)
-                    total += sum(lp[j, t] for j, t in enumerate(cont[1:]))
-                out[i] = float(total)
-        return out
-
-    def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        res = []
-        for p in prompts:
-            logits, past = self._run(list(p), None, 0)
-            n, toks = len(p), []
-            for _ in range(max_new_tokens):
-                t = int(np.argmax(logits[-1]))
-                if self.eos is not None and t == self.eos:
-                    break
-                toks.append(t)
-                logits, past = self._run([t], past, n)
-                n += 1
-            res.append(toks)
-        return res
-
-    def timed_generate(self, prompt: Sequence[int], n_new: int):
-        t0 = time.perf_counter()
-        logits, past = self._run(list(prompt), None, 0)
-        t = int(np.argmax(logits[-1]))
-        ttft = time.perf_counter() - t0
-        n, steps = len(prompt), []
-        for _ in range(n_new - 1):
-            s = time.perf_counter()
-            logits, past = self._run([t], past, n)
-            t = int(np.argmax(logits[-1]))
-            n += 1
-            steps.append(time.perf_counter() - s)
-        return ttft, steps
+    def _extend(self, ids, state):
+        past, n = state
+        logits, present = self._run(list(ids), past, n)
+        return logits, (present, n + len(ids))

@@ -79,3 +79,14 @@ def test_prune_bad_input(tiny_dir, tmp_path, args, msg):
     r = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--out", str(tmp_path / "x"), *args])
     assert r.exit_code == 2 and msg in r.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_eval_on_embedded_model_small_budget(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAP_EDGE_CACHE", raising=False)  # reuse the real converted-model cache
+    out = tmp_path / "e.json"
+    r = runner.invoke(app, ["eval", "--tasks", "embedded:sizes,sequences", "--limit", "3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    assert d["model"].startswith("embedded:") and d["overall"]["n"] == 6
+    assert 0 <= d["overall"]["acc"] <= 1 and d["overall"]["answer_ce"] > 0
