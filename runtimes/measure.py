@@ -16,6 +16,18 @@ from . import load_runtime
 from .base import latency_summary
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space created at exec, so
+    unlike getrusage's ru_maxrss it does not carry over the parent's peak from before the fork."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("format")
@@ -32,7 +44,7 @@ def main(argv=None):
     load_s = time.perf_counter() - t
     res = latency_summary(rt, a.prompt_tokens, a.gen_tokens, runs=a.runs, vocab=a.vocab)
     res["load_s"] = load_s
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    res["peak_rss_mb"] = peak_rss_mb()
     res["runtime"] = rt.name
     res["providers"] = getattr(rt, "providers", None)
     res["label"] = rt.label

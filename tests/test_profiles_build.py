@@ -114,7 +114,7 @@ def test_build_end_to_end_on_tiny_model(tiny_dir, tmp_path):
     for a in m["artifacts"]:
         assert a["valid"] and a["sha256"] and a["accuracy"]["label"] == "host-measured"
         assert a["accuracy"]["overall"]["n"] == 10
-        assert a["latency"]["label"] == "host-measured" and a["latency"]["peak_rss_mb"] > 0
+        assert a["latency"]["label"] == "host-measured" and 0 < a["latency"]["peak_rss_mb"] < 1500  # not the parent's peak
         assert a["estimated"]["label"] == "estimated"
     report = (tmp_path / "build" / "report.md").read_text()
     assert "host-measured" in report and "estimated" in report
