@@ -264,8 +264,6 @@ def build_cmd(
 ):
     """The whole pipeline for one device: calibrate, score, prune, export, validate, evaluate, measure."""
     _setup_logging(verbose)
-    import dataclasses
-
     from device_profiles import load_profile
 
     from .config import BudgetConfig, PruneConfig
@@ -309,10 +307,10 @@ def bench_cmd(
 ):
     """Dense vs pruned artifacts of a build, side by side; optional regression gate."""
     _setup_logging(verbose)
-    from .gate import Tolerances, compare, format_regressions
+    from .gate import Tolerances
     from .io import write_json
     from .pipeline import bench
-    from .report import _md_table, RATIO_HEAD, BENCH_HEAD, _bench_rows, _ratio_rows, write_bench_report
+    from .report import BENCH_HEAD, RATIO_HEAD, _bench_rows, _md_table, _ratio_rows, write_bench_report
 
     try:
         res = bench(build_dir, runs=runs, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, eval_per_family=eval_per_family)

@@ -51,14 +51,14 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
     if fmt == "onnx":
         opts.setdefault("eos_token_id", tok.eos_token_id)
     runtime = load_runtime(fmt, art.path, **opts)
-    try:
-        art.validation = validate(runtime, model, tok, fmt, precision, art.path)
-        art.valid = True
-    except ValidationError as e:
-        art.validation = {**validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False), "error": str(e)}
-        art.valid = False
-        update_manifest(out_dir, art)
-        raise
+    art.validation = validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False)
+    art.valid = art.validation["passed"]
+    if not art.valid:
+        f = art.validation["failures"][0]
+        err = ValidationError(str(art.path), f["metric"], f["value"], f["tolerance"])
+        art.validation["error"] = str(err)
+        update_manifest(out_dir, art)  # kept, and marked invalid
+        raise err
     update_manifest(out_dir, art)
     return art
 

@@ -88,6 +88,7 @@ def validate(runtime, model, tokenizer, fmt: str, precision: str, artifact: str 
     if precision in GREEDY_EXACT and not result["greedy_equal"]:
         failures.append(("greedy tokens equal to PyTorch (of 32)", result["greedy_tokens_equal"], GREEDY_TOKENS))
     result["passed"] = not failures
+    result["failures"] = [{"metric": n, "value": v, "tolerance": t} for n, v, t in failures]
     if failures and raise_on_fail:
         name, value, t = failures[0]
         raise ValidationError(str(artifact), name, value, t)
