@@ -40,6 +40,13 @@ def init(timeout_s: float = 1800.0) -> tuple[int, int]:
     return rank, size
 
 
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def plan_jobs(num_layers: int, num_heads: int, group: int, ranks: int) -> list[list[tuple[int, list[int]]]]:
     """Static balance: jobs (layer, heads) sorted by cost (L - layer) x heads, each given to the
     least-loaded rank so far. Returns the job list of every rank."""

@@ -474,10 +474,14 @@ def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig,
             result["hashes"] = {"model": model_fp, "calibration": batch.fingerprint(), "cache_key": key}
             return result
         if force:
-            import shutil
+            from .distributed import barrier, world
 
-            shutil.rmtree(done.with_suffix(".jobs"), ignore_errors=True)
-            done.unlink(missing_ok=True)
+            if world()[0] == 0:  # one rank clears; the others wait, or they could delete fresh jobs
+                import shutil
+
+                shutil.rmtree(done.with_suffix(".jobs"), ignore_errors=True)
+                done.unlink(missing_ok=True)
+            barrier()
         result = distributed_scores(model, batch, cfg, key, progress=progress, head_group=head_group)
         if result is None:  # not rank 0
             return None
