@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ValidationError
+from .errors import CapEdgeError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +98,12 @@ def param_count(model_dir_or_config) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def memory_estimate_mb(config, precision: str, context: int) -> dict:
+def memory_estimate_mb(config, precision: str, context: int, params: int | None = None) -> dict:
     """Weights at ``precision`` + fp16 KV cache for ``context`` tokens + 10% runtime overhead."""
     from .arch import head_geometry
 
     g = head_geometry(config)
-    weights = param_count(config) * BYTES_PER_PARAM[precision]
+    weights = (params if params is not None else param_count(config)) * BYTES_PER_PARAM[precision]
     kv = 2 * g.num_layers * g.num_kv_heads * g.head_dim * context * 2
     total = (weights + kv) * 1.10
     return {"precision": precision, "weights_mb": weights / 2**20, "kv_cache_mb": kv / 2**20, "total_mb": total / 2**20}
@@ -121,8 +122,6 @@ def roofline(hw, params: int, weight_bytes: int, prompt_tokens: int, pattern: st
 
 
 # ---------------------------------------------------------------- build
-
-from dataclasses import asdict, dataclass, field  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -165,10 +164,11 @@ def plan(cfg: BuildConfig) -> dict:
 
     mc, source = model_config(cfg.model)
     p = cfg.profile
-    mems = [memory_estimate_mb(mc, prec, p.runtime.context_length) for _, prec in cfg.outputs()]
+    params = param_count(mc)
+    mems = [memory_estimate_mb(mc, prec, p.runtime.context_length, params) for _, prec in cfg.outputs()]
     return {
         "device": p.name, "profile_file": p.path, "description": p.description,
-        "model": source, "parameters": param_count(mc),
+        "model": source, "parameters": params,
         "calibration": {"spec": cfg.calib, **asdict(cfg.budget_cfg)},
         "scoring": {"mode": cfg.score_mode, "subsets": 3},
         "pruning": {"method": cfg.prune_cfg.method, "pattern": cfg.prune_cfg.pattern,
@@ -183,10 +183,18 @@ def plan(cfg: BuildConfig) -> dict:
     }
 
 
+def runtime_options(rt: dict, eos_token_id: int | None) -> dict[str, dict]:
+    """Loader kwargs per format from a plan's ``runtime`` section (the same for build and bench)."""
+    return {"onnx": {"providers": tuple(rt["onnx_providers"]), "provider_options": rt["provider_options"],
+                     "eos_token_id": eos_token_id},
+            "gguf": {"n_gpu_layers": rt["llamacpp_gpu_layers"], "n_ctx": rt["context_length"]}}
+
+
 def check_memory(cfg: BuildConfig, model_config) -> list[dict]:
     from .errors import MemoryBudgetError
 
-    ests = [memory_estimate_mb(model_config, prec, cfg.profile.runtime.context_length) for _, prec in cfg.outputs()]
+    params = param_count(model_config)
+    ests = [memory_estimate_mb(model_config, prec, cfg.profile.runtime.context_length, params) for _, prec in cfg.outputs()]
     budget = cfg.profile.hardware.memory_budget_mb
     for e in ests:
         if e["total_mb"] > budget:
@@ -215,7 +223,6 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
     import time
 
     from .config import ScoreConfig
-    from .errors import CapEdgeError
     from .evaluate import evaluate
     from .io import atomic_dir, cache_dir, sha256_json, write_json
     from .models import load_model, model_fingerprint
@@ -297,9 +304,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
 
     ref_model = AutoModelForCausalLM.from_pretrained(pruned_dir, dtype=torch.float32).eval()
     ref_tok = AutoTokenizer.from_pretrained(pruned_dir)
-    rt_opts = {"onnx": {"providers": tuple(cfg.profile.runtime.onnx_providers),
-                        "provider_options": cfg.profile.runtime.provider_options},
-               "gguf": {"n_gpu_layers": cfg.profile.runtime.llamacpp_gpu_layers, "n_ctx": cfg.profile.runtime.context_length}}
+    rt_opts = runtime_options(manifest["plan"]["runtime"], ref_tok.eos_token_id)
     arts = []
     with stage("export"):
         for fmt, prec in cfg.outputs():
@@ -317,7 +322,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
     params = param_count(ref_model.config)
     with stage("evaluate"):
         for a, d in zip(arts, manifest["artifacts"]):
-            rt = load_runtime(a.format, a.path, **({**rt_opts["onnx"], "eos_token_id": ref_tok.eos_token_id} if a.format == "onnx" else rt_opts["gguf"]))
+            rt = load_runtime(a.format, a.path, **rt_opts[a.format])
             res = evaluate(rt, ref_tok, ev)
             d["accuracy"] = {"label": "host-measured", "runtime": rt.name, "providers": getattr(rt, "providers", None),
                              "overall": res["overall"], "families": res["families"]}
@@ -381,19 +386,15 @@ def bench(build_dir: str | Path, runs: int = 5, prompt_tokens: int = 64, gen_tok
     build_dir = Path(build_dir)
     mf = build_dir / "manifest.json"
     if not mf.is_file():
-        from .errors import CapEdgeError
-
         raise CapEdgeError(f"{build_dir} is not a build directory (manifest.json missing)")
     manifest = json.loads(mf.read_text())
     pruned = {(a["format"], a["precision"]): a for a in manifest["artifacts"] if a.get("valid")}
     if not pruned:
-        from .errors import CapEdgeError
-
         raise CapEdgeError(f"{build_dir}: the build has no valid artifacts to bench")
     prov = manifest["plan"]["runtime"]["onnx_providers"]
-    rt_opts = {"onnx": {"providers": tuple(prov)}, "gguf": {"n_ctx": manifest["plan"]["runtime"]["context_length"]}}
-    dense = _dense_artifacts(build_dir, manifest, list(pruned), rt_opts)
     tok = AutoTokenizer.from_pretrained(manifest["pruned"]["dir"])
+    rt_opts = runtime_options(manifest["plan"]["runtime"], tok.eos_token_id)
+    dense = _dense_artifacts(build_dir, manifest, list(pruned), rt_opts)
     ev = load_split(manifest["plan"]["evaluation"]["tasks"], "eval", eval_per_family or manifest["plan"]["evaluation"]["per_family"])
     items = {}
     for (fmt, prec), a in pruned.items():
@@ -405,8 +406,7 @@ def bench(build_dir: str | Path, runs: int = 5, prompt_tokens: int = 64, gen_tok
     acc = {}
     for n in names:
         a = items[n]
-        opts = {**rt_opts["onnx"], "eos_token_id": tok.eos_token_id} if a["format"] == "onnx" else rt_opts["gguf"]
-        r = evaluate(load_runtime(a["format"], a["path"], **opts), tok, ev)["overall"]
+        r = evaluate(load_runtime(a["format"], a["path"], **rt_opts[a["format"]]), tok, ev)["overall"]
         acc[n] = {k: r[k] for k in ("acc", "ci95", "n", "chance", "answer_ce")}
         bar.update(1)
     samples = {n: [] for n in names}

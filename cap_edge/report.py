@@ -3,6 +3,12 @@ columns under their labels, never mixed."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
 
 def _mb(b) -> str:
     return f"{b / 1e6:.1f}"
@@ -44,11 +50,6 @@ def build_report_md(m: dict) -> str:
 
 # ---------------------------------------------------------------- bench report (md + self-contained html)
 
-import base64  # noqa: E402
-import html  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 def _png(fig) -> str:
