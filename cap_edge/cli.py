@@ -148,8 +148,12 @@ def score_cmd(
 def prune_cmd(
     out: Path = typer.Option(..., help="output directory: HF model (safetensors + tokenizer) + sparsity.json"),
     method: str = typer.Option("cap", help="magnitude | wanda | sparsegpt | cap | cap-wanda"),
-    sparsity: float = typer.Option(0.5, help="target sparsity in [0, 1) (unstructured)"),
-    pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M fixes sparsity at 1-N/M)"),
+    sparsity: float = typer.Option(0.5, help="target sparsity in [0, 1) (unstructured: of prunable weights; "
+                                            "structured: of all parameters)"),
+    pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M fixes sparsity at 1-N/M) | "
+                                                     "structured (whole heads and MLP channels removed)"),
+    min_heads: int = typer.Option(1, help="structured: query heads every layer keeps (0 allows attention-free layers)"),
+    scope: str = typer.Option("global", help="structured: global budget, or the same share from each layer"),
     scores: Optional[Path] = typer.Option(None, help="head_scores.json from `cap-edge score` (cap methods); computed and cached if absent"),
     model: Optional[str] = ModelOpt,
     calib: str = typer.Option("embedded", help="calibration task spec (Wanda/SparseGPT statistics, CAP scores)"),
@@ -168,11 +172,11 @@ def prune_cmd(
     from .models import load_model
     from .prune_io import save_pruned
     from .pruning import get_method, prune_model
-    from .scoring import build_calib_batch, score_heads
+    from .scoring import build_calib_batch, score_channels, score_heads
     from .tasks import calibration_problems
 
     try:
-        cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern)
+        cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, min_heads=min_heads, scope=scope)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise CapEdgeError(f"output directory {out} is not empty (pass --overwrite to replace it)")
         budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem)
@@ -191,14 +195,24 @@ def prune_cmd(
             else:
                 head_scores = score_heads(lm.model, lm.tokenizer, problems, ScoreConfig(), budget)
                 scores_ref = f"cache:{head_scores['hashes']['cache_key']}"
-        report = prune_model(lm.model, cfg, batch, head_scores)
+        channel_scores = None
+        if cfg.structured and spec.uses_heads:
+            channel_scores = score_channels(lm.model, lm.tokenizer, problems, ScoreConfig(), budget,
+                                            group=cfg.channel_group, refine_fraction=cfg.channel_refine)
+        report = prune_model(lm.model, cfg, batch, head_scores, channel_scores=channel_scores)
         save_pruned(lm.model, lm.tokenizer, out, report, {
             "model": lm.source, "calibration": {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()},
-            "head_scores": scores_ref}, overwrite=overwrite)
+            "head_scores": scores_ref,
+            "channel_scores": channel_scores["hashes"]["cache_key"] if channel_scores else None}, overwrite=overwrite)
     except (CapEdgeError, ValueError) as e:
         _fail(e)
-    typer.echo(f"{method} {pattern}: target {report['target_sparsity']:.4f}, achieved {report['achieved_sparsity']:.4f} "
-               f"over {report['prunable_params']:,} prunable weights in {report['seconds']:.1f}s")
+    if cfg.structured:
+        s = report["sizes"]
+        typer.echo(f"{method} structured: removed {report['achieved_sparsity']:.4f} of {report['params_before']:,} parameters "
+                   f"(target {cfg.sparsity}); heads per layer {s['num_heads']}; MLP widths {s['intermediate_size']}")
+    else:
+        typer.echo(f"{method} {pattern}: target {report['target_sparsity']:.4f}, achieved {report['achieved_sparsity']:.4f} "
+                   f"over {report['prunable_params']:,} prunable weights in {report['seconds']:.1f}s")
     typer.echo(f"wrote {out}")
 
 

@@ -62,25 +62,35 @@ _NM = re.compile(r"^(\d+):(\d+)$")
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """'unstructured' -> None; 'N:M' -> (N, M) with 0 < N < M."""
-    if pattern == "unstructured":
+    """'unstructured' or 'structured' -> None; 'N:M' -> (N, M) with 0 < N < M."""
+    if pattern in ("unstructured", "structured"):
         return None
     m = _NM.match(pattern or "")
     if not m:
-        raise ConfigError(f"pattern: expected 'unstructured' or 'N:M' (e.g. 2:4, 4:8), got {pattern!r}")
+        raise ConfigError(f"pattern: expected 'unstructured', 'structured' or 'N:M' (e.g. 2:4, 4:8), got {pattern!r}")
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm:
         raise ConfigError(f"pattern {pattern!r}: expected 0 < N < M")
     return n, mm
 
 
+STRUCTURED_METHODS = ("cap", "magnitude")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     method: str = "cap"
-    sparsity: float = 0.5  # used by unstructured; N:M fixes its own sparsity (1 - N/M)
+    # unstructured: share of prunable weights zeroed; N:M fixes its own (1 - N/M); structured: share
+    # of all the model's parameters removed (embeddings included in the total, never removed)
+    sparsity: float = 0.5
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
     sparsegpt_damp: float = 0.01
+    # structured only
+    scope: str = "global"  # budget across all layers, or the same share from each layer
+    min_heads: int = 1  # query heads every layer keeps (0 allows attention-free layers)
+    channel_group: int = 32  # MLP channels removed together (quantization blocks stay whole)
+    channel_refine: float = 0.1  # share of channel groups re-scored by exact masking
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -88,6 +98,21 @@ class PruneConfig:
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity: expected a value in [0, 1), got {self.sparsity!r}")
         parse_pattern(self.pattern)
+        if self.structured and self.method not in STRUCTURED_METHODS:
+            raise ConfigError(f"structured pruning ranks heads and channels by {' or '.join(STRUCTURED_METHODS)}; "
+                              f"got method {self.method!r}")
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope: expected global or layer, got {self.scope!r}")
+        if not isinstance(self.min_heads, int) or self.min_heads < 0:
+            raise ConfigError(f"min_heads: expected an integer >= 0, got {self.min_heads!r}")
+        if not isinstance(self.channel_group, int) or self.channel_group < 1:
+            raise ConfigError(f"channel_group: expected a positive integer, got {self.channel_group!r}")
+        if not 0 <= self.channel_refine <= 1:
+            raise ConfigError(f"channel_refine: expected a value in [0, 1], got {self.channel_refine!r}")
+
+    @property
+    def structured(self) -> bool:
+        return self.pattern == "structured"
 
     @property
     def nm(self) -> tuple[int, int] | None:

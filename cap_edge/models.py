@@ -229,17 +229,48 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ModelLoadError(f"could not load the tokenizer from {path}: {e}") from e
-    try:
-        kwargs = {"dtype": dt}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except Exception as e:
-        raise ModelLoadError(f"could not load model weights from {path}: {e}") from e
+    model = load_weights(path, dt, attn_implementation)
     model.to(dev).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(model=model, tokenizer=tok, source=source, path=path)
+
+
+def load_weights(path: Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """``from_pretrained``, or for a structurally pruned directory (per-layer head counts and MLP
+    widths in config.json) a model built from the config, reshaped per layer, then loaded strictly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .structure import CONFIG_KEY, shape_model
+
+    path = Path(path)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        sizes = getattr(config, CONFIG_KEY, None)
+        if not sizes:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        from safetensors.torch import load_file
+
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"{path}: a structured model needs safetensors weights")
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+        shape_model(model, sizes)
+        state = {}
+        for f in files:
+            state.update(load_file(f))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = getattr(config, "tie_word_embeddings", False)
+        missing = [m for m in missing if not (m == "lm_head.weight" and tied)]
+        if missing or unexpected:
+            raise ModelLoadError(f"{path}: weights do not match the structure (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.tie_weights()
+        return model.to(dtype)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"could not load model weights from {path}: {e}") from e
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

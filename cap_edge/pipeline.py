@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import CapEdgeError, ValidationError
+from .models import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
     ``ValidationError``. ``reference`` = (model, tokenizer) reuses an already loaded PyTorch model.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from exporters import finalize, get_exporter, update_manifest
     from exporters.gguf import quantized_zeros_kept
@@ -41,7 +42,7 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
     art = get_exporter(fmt, precision)(model_dir, out_dir, precision, meta)
     finalize(art, out_dir)
     if reference is None:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        model = load_weights(model_dir, torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(model_dir)
     else:
         model, tok = reference
@@ -93,18 +94,23 @@ def param_count(model_dir_or_config) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = model_dir_or_config if not isinstance(model_dir_or_config, (str, Path)) else AutoConfig.from_pretrained(model_dir_or_config)
+    from .structure import CONFIG_KEY, shape_model
+
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(cfg)
+        if getattr(cfg, CONFIG_KEY, None):
+            shape_model(m, getattr(cfg, CONFIG_KEY))
     return sum(p.numel() for p in m.parameters())
 
 
 def memory_estimate_mb(config, precision: str, context: int, params: int | None = None) -> dict:
     """Weights at ``precision`` + fp16 KV cache for ``context`` tokens + 10% runtime overhead."""
     from .arch import head_geometry
+    from .structure import layer_sizes
 
     g = head_geometry(config)
     weights = (params if params is not None else param_count(config)) * BYTES_PER_PARAM[precision]
-    kv = 2 * g.num_layers * g.num_kv_heads * g.head_dim * context * 2
+    kv = 2 * sum(layer_sizes(config)["num_kv_heads"]) * g.head_dim * context * 2  # K and V, fp16, per layer
     total = (weights + kv) * 1.10
     return {"precision": precision, "weights_mb": weights / 2**20, "kv_cache_mb": kv / 2**20, "total_mb": total / 2**20}
 
@@ -228,7 +234,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
     from .models import load_model, model_fingerprint
     from .prune_io import save_pruned
     from .pruning import prune_model
-    from .scoring import build_calib_batch, score_heads
+    from .scoring import build_calib_batch, score_channels, score_heads
     from .tasks import calibration_problems, check_disjoint, load_split
 
     say = log_fn or (lambda s: None)
@@ -283,15 +289,23 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             write_json(out / "head_scores.json", scores)
             manifest["scores"] = {"cache_key": scores["hashes"]["cache_key"], "cache_hit": scores.get("cache_hit"),
                                   "mode": scores["mode"], "seconds": scores.get("seconds")}
+    channel_scores = None
+    if pcfg.structured and scores is not None:
+        with stage("score_channels"):
+            channel_scores = score_channels(lm.model, lm.tokenizer, calib, ScoreConfig(), budget, group=pcfg.channel_group,
+                                            refine_fraction=pcfg.channel_refine, progress=progress, model_fp=fp)
+            manifest["channel_scores"] = {"cache_key": channel_scores["hashes"]["cache_key"],
+                                          "cache_hit": channel_scores.get("cache_hit"), "seconds": channel_scores.get("seconds")}
     with stage("prune"):
         key = sha256_json({"model": fp, "calib": batch.fingerprint(), "prune": asdict(pcfg),
-                           "scores": scores["hashes"]["cache_key"] if scores else None})
+                           "scores": scores["hashes"]["cache_key"] if scores else None,
+                           "channel_scores": channel_scores["hashes"]["cache_key"] if channel_scores else None})
         pruned_dir = cache_dir() / "pruned" / key[:24]
         if (pruned_dir / "sparsity.json").is_file() and (pruned_dir / "model.safetensors").is_file():
             report = json.loads((pruned_dir / "sparsity.json").read_text())
             manifest["pruned"] = {"dir": str(pruned_dir), "cache_hit": True}
         else:
-            report = prune_model(lm.model, pcfg, batch, scores, progress=progress)
+            report = prune_model(lm.model, pcfg, batch, scores, progress=progress, channel_scores=channel_scores)
             save_pruned(lm.model, lm.tokenizer, pruned_dir, report, {
                 "model": lm.source, "calibration": {"spec": cfg.calib, "problems": batch.n, "hash": batch.fingerprint()},
                 "head_scores": scores["hashes"]["cache_key"] if scores else None}, overwrite=True)
@@ -300,9 +314,9 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
                                    "achieved_sparsity": report["achieved_sparsity"]})
     del lm
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    ref_model = AutoModelForCausalLM.from_pretrained(pruned_dir, dtype=torch.float32).eval()
+    ref_model = load_weights(pruned_dir, torch.float32).eval()
     ref_tok = AutoTokenizer.from_pretrained(pruned_dir)
     rt_opts = runtime_options(manifest["plan"]["runtime"], ref_tok.eos_token_id)
     arts = []

@@ -112,6 +112,11 @@ class Decoder:
     def o_proj(self, layer: int) -> torch.nn.Module:
         return get_module(self.layers[layer], self.spec.o)
 
+    def gated(self, target: str, layer: int) -> torch.nn.Module:
+        """The module whose input a unit gate multiplies: o_proj for heads (input (B, T, nh*hd)),
+        down_proj for MLP channel groups (input (B, T, I))."""
+        return get_module(self.layers[layer], self.spec.o if target == "heads" else self.spec.down)
+
     def context(self, h: torch.Tensor):
         """(position embeddings, attention mask) for a right-padded batch of hidden states h (B, T, D)."""
         from transformers.masking_utils import create_causal_mask
@@ -203,12 +208,13 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 class ScoringEngine:
     """Exact, naive and attribution head effects for one model and one calibration batch."""
 
-    def __init__(self, model, batch: CalibBatch, K: int, max_batch_tokens: int = 16384):
+    def __init__(self, model, batch: CalibBatch, K: int, max_batch_tokens: int = 16384, channel_group: int = 32):
         self.dec = Decoder(model)
         self.batch = batch
         self.K = K
         self.max_batch_tokens = max_batch_tokens
         self.g = self.dec.geom
+        self.channel_group = channel_group
         self._inputs: list[torch.Tensor] | None = None
         self.intact_rows: torch.Tensor | None = None
         self.forwards = 0  # layer-forwards run, a machine-independent cost measure
@@ -225,21 +231,34 @@ class ScoringEngine:
             self.intact_rows = self.dec.answer_nll(h, self.batch)[0]
         return subset_losses(self.intact_rows, self.batch, self.K)
 
+    def units(self, target: str, layer: int = 0) -> tuple[int, int]:
+        """(units per layer, width of a unit) for ``heads`` or MLP ``channels`` (groups)."""
+        if target == "heads":
+            return self.g.num_heads, self.g.head_dim
+        if target != "channels":
+            raise ConfigError(f"scoring target: expected heads or channels, got {target!r}")
+        width = self.dec.gated("channels", layer).in_features
+        if width % self.channel_group:
+            raise ConfigError(f"MLP width {width} is not a multiple of the channel group {self.channel_group}")
+        return width // self.channel_group, self.channel_group
+
     @torch.inference_mode()
-    def masked_rows(self, layer: int, heads: Sequence[int]) -> torch.Tensor:
-        """Per-row answer NLL with each head of ``heads`` masked in turn: (len(heads), N)."""
+    def masked_rows(self, layer: int, heads: Sequence[int], target: str = "heads") -> torch.Tensor:
+        """Per-row answer NLL with each unit of ``heads`` (heads, or MLP channel groups when
+        ``target="channels"``) masked in turn: (len(heads), N)."""
         self.intact()
+        n_units, width = self.units(target, layer)
         N, T = self.batch.input_ids.shape
         out = []
         per_fwd = max(1, self.max_batch_tokens // (N * T))
         for i in range(0, len(heads), per_fwd):
             chunk = list(heads)[i: i + per_fwd]
             G = len(chunk)
-            gate = torch.ones(G * N, self.g.num_heads, device=self.dec.device)
+            gate = torch.ones(G * N, n_units, device=self.dec.device)
             for gi, h in enumerate(chunk):
                 gate[gi * N: (gi + 1) * N, h] = 0.0
             x = self._inputs[layer].repeat(G, 1, 1)  # (G*N, T, D): layers before `layer` are unchanged
-            with head_gate(self.dec.o_proj(layer), gate, self.g.head_dim):
+            with head_gate(self.dec.gated(target, layer), gate, width):
                 hf = self.dec.run(x, layer)
             self.forwards += (len(self.dec.layers) - layer) * G
             out.append(self.dec.answer_nll(hf, self.batch, copies=G))
@@ -260,19 +279,21 @@ class ScoringEngine:
         out = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
         return out.index_add_(0, b.ans_row.to(ids.device), nll)
 
-    def attribution_effects(self) -> torch.Tensor:
-        """First-order estimate of masked - intact loss per (layer, head, subset): (L, H, K).
+    def attribution_effects(self, target: str = "heads") -> torch.Tensor:
+        """First-order estimate of masked - intact loss per (layer, unit, subset): (L, H, K).
 
-        A gate g (N, H) of ones multiplies each head's output; zeroing g[:, h] changes the loss by
-        about -dL/dg[:, h]. Summing the gradient over a subset's rows gives that subset's effect,
-        because rows of a batch do not interact.
+        A gate g (N, H) of ones multiplies each unit's output (a head's slice of o_proj's input, or
+        a group of MLP channels at down_proj's input); zeroing g[:, h] changes the loss by about
+        -dL/dg[:, h]. Summing the gradient over a subset's rows gives that subset's effect, because
+        rows of a batch do not interact.
         """
-        L, H = len(self.dec.layers), self.g.num_heads
+        L = len(self.dec.layers)
+        H, width = self.units(target)
         N = self.batch.n
         gates = [torch.ones(N, H, device=self.dec.device, requires_grad=True) for _ in range(L)]
         with contextlib.ExitStack() as stack:
             for l in range(L):
-                stack.enter_context(head_gate(self.dec.o_proj(l), gates[l], self.g.head_dim))
+                stack.enter_context(head_gate(self.dec.gated(target, l), gates[l], width))
             with torch.enable_grad():
                 h0 = self.dec.embed(self.batch.input_ids.to(self.dec.device))
                 hf = self.dec.run(h0, 0)
@@ -387,7 +408,8 @@ def compute_scores(
     return result
 
 
-def _refine(engine: ScoringEngine, result: dict, attr: torch.Tensor, cfg: ScoreConfig, progress: bool, intact) -> None:
+def _refine(engine: ScoringEngine, result: dict, attr: torch.Tensor, cfg: ScoreConfig, progress: bool, intact,
+            target: str = "heads") -> None:
     """Exactly re-score the heads whose attribution rank is least certain: the largest estimated
     effects (where a first-order estimate is least accurate) and those whose subsets disagree most."""
     L, H, _ = attr.shape
@@ -402,9 +424,9 @@ def _refine(engine: ScoringEngine, result: dict, attr: torch.Tensor, cfg: ScoreC
     by_layer: dict[int, list[int]] = {}
     for idx in chosen:
         by_layer.setdefault(idx // H, []).append(idx % H)
-    bar = tqdm(total=n, desc="CAP hybrid refine", unit="head", disable=not progress)
+    bar = tqdm(total=n, desc=f"CAP hybrid refine ({target})", unit="unit", disable=not progress)
     for l, heads in sorted(by_layer.items()):
-        rows = engine.masked_rows(l, heads)
+        rows = engine.masked_rows(l, heads, target)
         eff = subset_losses(rows, engine.batch, engine.K).cpu() - intact.cpu()[None]
         for h, e in zip(heads, eff):
             d = summarise_effects(e)
@@ -412,12 +434,13 @@ def _refine(engine: ScoringEngine, result: dict, attr: torch.Tensor, cfg: ScoreC
             result["layers"][str(l)][h] = d
         bar.update(len(heads))
     bar.close()
-    result["refined_heads"] = n
+    result["refined_heads" if target == "heads" else "refined_units"] = n
 
 
 def score_matrix(result: dict, stat: str = "median") -> torch.Tensor:
-    """(L, H) tensor of one statistic; NaN where a layer is not scored."""
-    L, H = result["num_layers"], result["num_heads"]
+    """(L, H) tensor of one statistic (H heads, or channel groups for channel scores); NaN where a
+    layer is not scored."""
+    L, H = result["num_layers"], result.get("num_units", result.get("num_heads"))
     m = torch.full((L, H), float("nan"), dtype=torch.float64)
     for l, heads in result["layers"].items():
         m[int(l)] = torch.tensor([h[stat] for h in heads], dtype=torch.float64)
@@ -494,6 +517,57 @@ def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig,
                         "answer_tokens": int(batch.tokens.sum()), "dtype": str(dtype),
                         "device": str(next(model.parameters()).device)}
     return result
+
+
+def score_channels(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig, budget: BudgetConfig | None = None,
+                   *, group: int = 32, refine_fraction: float = 0.1, force: bool = False, progress: bool = True,
+                   model_fp: str | None = None) -> dict:
+    """CAP scores of MLP channel groups (``group`` consecutive intermediate channels, masked at
+    down_proj's input): a first-order ranking for every group (one forward + backward), then the
+    ``refine_fraction`` least certain groups re-scored by exact masking. Cached like head scores."""
+    from .models import model_fingerprint
+
+    budget = budget or BudgetConfig()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = build_calib_batch(tokenizer, problems, cfg.subsets, budget, pad_id=pad)
+    model_fp = model_fp or model_fingerprint(model)
+    dtype = next(model.parameters()).dtype
+    key = sha256_json({"scores": scores_cache_key(model_fp, batch, cfg, dtype), "target": "channels",
+                       "group": group, "refine": refine_fraction})
+    path = cache_dir() / "scores" / f"{key}.json"
+    if path.is_file() and not force:
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("complete"):
+                cached["cache_hit"] = True
+                return cached
+        except ValueError:
+            log.warning("ignoring unreadable channel-score cache %s", path)
+    t0 = time.perf_counter()
+    engine = ScoringEngine(model, batch, cfg.subsets, cfg.max_batch_tokens, channel_group=group)
+    G, _ = engine.units("channels")
+    intact = engine.intact()
+    attr = engine.attribution_effects("channels")  # (L, G, K)
+    L = attr.shape[0]
+    result = {"complete": False, "target": "channels", "mode": "attribution+exact", "num_layers": L, "num_units": G,
+              "group": group, "subsets": cfg.subsets, "layers": {},
+              "intact_loss": {"subsets": [float(v) for v in intact], "all": float(engine.intact_rows.sum() / batch.tokens.sum())}}
+    for l in range(L):
+        result["layers"][str(l)] = [{**summarise_effects(attr[l, g]), "how": "attribution"} for g in range(G)]
+    _refine(engine, result, attr, replace_fraction(cfg, refine_fraction), progress, intact, target="channels")
+    result["complete"] = True
+    result["seconds"] = time.perf_counter() - t0
+    result["layer_forwards"] = engine.forwards
+    result["hashes"] = {"model": model_fp, "calibration": batch.fingerprint(), "cache_key": key}
+    write_json(path, result)
+    result["cache_hit"] = False
+    return result
+
+
+def replace_fraction(cfg: ScoreConfig, fraction: float) -> ScoreConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, refine_fraction=fraction)
 
 
 def ranked_heads(result: dict) -> list[tuple[int, int, float]]:

@@ -65,7 +65,7 @@ class DeviceProfile:
 DETECTORS = ("host", "jetson", "qnn", "raspberry-pi")
 _NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec}
 # PruneConfig fields a profile may set (the rest are algorithm internals)
-_PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern"), BudgetConfig: ("problems", "tokens_per_problem", "seconds")}
+_PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern", "min_heads", "scope"), BudgetConfig: ("problems", "tokens_per_problem", "seconds")}
 
 
 def _type_name(tp) -> str:

@@ -104,7 +104,10 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     import gguf
     import torch
     from gguf.quants import quantize
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cap_edge.models import load_weights
+    from cap_edge.structure import is_structured, layer_sizes
 
     if precision not in PRECISIONS:
         raise ExportError(f"GGUF type: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -117,10 +120,17 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     except Exception as e:
         raise ExportError(f"{model_dir}: could not load the tokenizer ({e}); a GGUF needs it") from e
     tok = _tokenizer_fields(model_dir, tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_weights(model_dir, torch.float32)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    # Per-layer head counts and MLP widths (structured pruning) need llama.cpp's `deci` graph,
+    # which reads them as arrays; `llama` assumes equal layers.
+    structured = is_structured(cfg)
+    arch = "deci" if structured else "llama"
+    sizes = layer_sizes(cfg)
+    if structured:
+        check_deci_supported(sizes)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     qtype = _qtype(precision)
 
@@ -128,14 +138,19 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     path = out_dir / f"model.{precision}.gguf"
     fallbacks = []
     with atomic_path(path) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
+        w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(str(metadata.get("name", model_dir.name)) if metadata else model_dir.name)
         w.add_context_length(cfg.max_position_embeddings)
         w.add_embedding_length(cfg.hidden_size)
         w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(nh)
-        w.add_head_count_kv(nkv)
+        if structured:
+            w.add_feed_forward_length([int(x) for x in sizes["intermediate_size"]])
+            w.add_head_count([int(x) for x in sizes["num_heads"]])
+            w.add_head_count_kv([int(x) for x in sizes["num_kv_heads"]])
+        else:
+            w.add_feed_forward_length(cfg.intermediate_size)
+            w.add_head_count(nh)
+            w.add_head_count_kv(nkv)
         w.add_key_length(hd)
         w.add_value_length(hd)
         w.add_rope_dimension_count(hd)
@@ -180,12 +195,22 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
         if not tied and "lm_head.weight" in sd:
             put("output.weight", sd["lm_head.weight"], qtype)
         for i in range(cfg.num_hidden_layers):
+            nh_i, nkv_i = sizes["num_heads"][i], sizes["num_kv_heads"][i]
             for hf, gg in LAYER_MAP.items():
-                t = sd[f"model.layers.{i}.{hf}"]
+                key = f"model.layers.{i}.{hf}"
+                if key not in sd:  # an attention-free (n_head 0) or MLP-free (n_ff 0) layer has no such weights
+                    if not ((hf.startswith("self_attn.") and nh_i == 0)
+                            or (hf.startswith("mlp.") and sizes["intermediate_size"][i] == 0)):
+                        raise ExportError(f"expected tensor {key} in {model_dir}, found none")
+                    continue
+                if (nh_i == 0 and hf == "input_layernorm.weight") or (
+                        sizes["intermediate_size"][i] == 0 and hf == "post_attention_layernorm.weight"):
+                    continue  # the norm of a removed sub-block has no use
+                t = sd[key]
                 if hf.startswith("self_attn.q_proj"):
-                    t = permute_qk(t, nh)
+                    t = permute_qk(t, nh_i)
                 elif hf.startswith("self_attn.k_proj"):
-                    t = permute_qk(t, nkv)
+                    t = permute_qk(t, nkv_i)
                 put(f"blk.{i}.{gg}", t, qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -196,7 +221,27 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
                       f"{', '.join(fallbacks)}", RuntimeWarning, stacklevel=2)
     meta = dict(metadata or {})
     meta["f16_fallback_tensors"] = fallbacks
+    meta["gguf_arch"] = arch
     return Artifact("gguf", precision, str(path), [str(path)], metadata=meta)
+
+
+def check_deci_supported(sizes: dict) -> None:
+    """Refuse per-layer shapes llama.cpp's deci graph cannot run. Measured with llama-cpp-python
+    0.3.36 on the tiny Llama (tests/test_structured.py): uneven head counts and MLP widths match
+    PyTorch; an attention-free layer (n_head 0) matches except as layer 0, which fails to load (the
+    loader derives the head size from layer 0); a layer with no MLP channels loads but its logits
+    differ from PyTorch by ~6, so it is refused. A layer with query heads but no K/V heads is
+    llama.cpp's "linear attention" block, not a pruned layer."""
+    for i, (nh, nkv, ff) in enumerate(zip(sizes["num_heads"], sizes["num_kv_heads"], sizes["intermediate_size"])):
+        if nh and (not nkv or nh % nkv):
+            raise ExportError(f"GGUF deci: layer {i} has {nh} query heads over {nkv} K/V heads; llama.cpp needs "
+                              "a non-zero K/V head count that divides the query head count")
+        if nh == 0 and i == 0:
+            raise ExportError("GGUF deci: layer 0 has no attention heads; llama.cpp derives the head size from "
+                              "layer 0 and fails to load such a file (keep at least one head in layer 0)")
+        if ff == 0:
+            raise ExportError(f"GGUF deci: layer {i} has no MLP channels; llama.cpp's deci graph computes such a "
+                              "layer wrongly (measured), so it is refused")
 
 
 def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
@@ -204,8 +249,9 @@ def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    nh = config.num_attention_heads
-    nkv = config.num_key_value_heads or nh
+    from cap_edge.structure import layer_sizes
+
+    sizes = layer_sizes(config)
     inv_layer = {v: k for k, v in LAYER_MAP.items()}
     inv_global = {v: k for k, v in GLOBAL_MAP.items()}
     out = {}
@@ -216,9 +262,9 @@ def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
             _, i, rest = t.name.split(".", 2)
             hf = inv_layer[rest]
             if hf.startswith("self_attn.q_proj"):
-                data = unpermute_qk(data, nh)
+                data = unpermute_qk(data, sizes["num_heads"][int(i)])
             elif hf.startswith("self_attn.k_proj"):
-                data = unpermute_qk(data, nkv)
+                data = unpermute_qk(data, sizes["num_kv_heads"][int(i)])
             out[f"model.layers.{i}.{hf}"] = data
         else:
             out[inv_global[t.name]] = data

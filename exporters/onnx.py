@@ -39,7 +39,26 @@ def _save(model, path: Path) -> list[Path]:
 
 def _fp32_export(model_dir: Path, work: Path) -> Path:
     from optimum.exporters.onnx import main_export
+    from transformers import AutoConfig
 
+    from cap_edge.structure import is_structured
+
+    if is_structured(AutoConfig.from_pretrained(model_dir)):
+        # per-layer head counts: optimum's dummy KV cache assumes one head count, so use the
+        # explicit-cache graph (same input/output names, driven by the same runtime)
+        import torch
+
+        from cap_edge.models import load_weights
+
+        from .onnx_kv import export_kv_graph
+
+        work.mkdir(parents=True, exist_ok=True)
+        export_kv_graph(load_weights(model_dir, torch.float32), work / "model.onnx", "dynamic")
+        for extra in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json"):
+            if (model_dir / extra).is_file():
+                shutil.copy(model_dir / extra, work / extra)
+        return work / "model.onnx"
     try:
         main_export(str(model_dir), output=str(work), task="text-generation-with-past", device="cpu",
                     do_validation=False)

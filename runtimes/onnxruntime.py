@@ -53,14 +53,13 @@ class OnnxCausalLM(KVCacheLM):
         ins = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in ins if n.startswith("past_key_values.")]
         self.present_names = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
-        if self.past_names:
-            shape = ins[self.past_names[0]].shape  # [batch, n_kv, past, head_dim]
-            self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
-            self.kv_dtype = np.float16 if "float16" in ins[self.past_names[0]].type else np.float32
+        # [batch, n_kv, past, head_dim] per input: a structurally pruned model has per-layer K/V heads
+        self.past_shapes = {n: (int(ins[n].shape[1]), int(ins[n].shape[3])) for n in self.past_names}
+        self.kv_dtype = (np.float16 if self.past_names and "float16" in ins[self.past_names[0]].type else np.float32)
         self.has_position_ids = "position_ids" in ins
 
     def _empty_past(self):
-        return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype) for n in self.past_names}
+        return {n: np.zeros((1, kv, 0, hd), dtype=self.kv_dtype) for n, (kv, hd) in self.past_shapes.items()}
 
     def _run(self, ids: Sequence[int], past: dict | None, past_len: int):
         T = len(ids)

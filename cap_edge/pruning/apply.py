@@ -62,8 +62,13 @@ class _InputStats:
 
 @torch.no_grad()
 def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_scores: dict | None = None,
-                progress: bool = True) -> dict:
-    """Prune ``model`` in place. Returns a report: per-linear and overall achieved sparsity."""
+                progress: bool = True, channel_scores: dict | None = None) -> dict:
+    """Prune ``model`` in place. Returns a report: per-linear and overall achieved sparsity.
+    ``pattern="structured"`` removes whole heads and MLP channel groups instead (``structured``)."""
+    if cfg.structured:
+        from .structured import prune_structured
+
+        return prune_structured(model, cfg, head_scores, channel_scores)
     method = get_method(cfg.method)
     spec = arch_for(model)
     geom = head_geometry(model.config)

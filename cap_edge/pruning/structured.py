@@ -1,0 +1,73 @@
+"""Orchestration of structured pruning: scores -> plan -> surgery -> report. The planning maths is
+in ``cap_edge.structure``."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..arch import head_geometry
+from ..config import PruneConfig
+from ..errors import ConfigError
+from ..scoring import score_matrix
+from ..structure import apply_structure, is_structured, magnitude_unit_scores, plan_structure
+
+
+def _matrix(result: dict | None, what: str, shape: tuple[int, int]) -> torch.Tensor:
+    if result is None:
+        raise ConfigError(f"structured cap pruning needs CAP {what} scores")
+    if not result.get("complete"):
+        raise ConfigError(f"CAP {what} scores are incomplete; finish scoring first")
+    m = score_matrix(result)
+    if tuple(m.shape) != shape:
+        raise ConfigError(f"CAP {what} scores are for {tuple(m.shape)}; the model has {shape}")
+    return m
+
+
+@torch.no_grad()
+def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, channel_scores: dict | None = None,
+                     split: dict | None = None) -> dict:
+    """Remove ``cfg.sparsity`` of all parameters as whole heads and MLP channel groups.
+
+    ``split`` = {"attn": n, "mlp": n} fixes how many parameters each kind gives up (used to compare
+    selection rules at an identical allocation); by default one budget is shared by score per param.
+    """
+    if is_structured(model.config):
+        raise ConfigError("the model is already structurally pruned; prune the original model instead")
+    geom = head_geometry(model.config)
+    hidden = model.config.hidden_size
+    width = model.config.intermediate_size
+    if width % cfg.channel_group:
+        raise ConfigError(f"MLP width {width} is not a multiple of channel_group {cfg.channel_group}")
+    total = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    if cfg.method == "cap":
+        hs = _matrix(head_scores, "head", (geom.num_layers, geom.num_heads))
+        cs = _matrix(channel_scores, "MLP channel", (geom.num_layers, width // cfg.channel_group))
+    else:
+        hs, cs = magnitude_unit_scores(model, cfg.channel_group)
+    budget = split if split is not None else int(round(cfg.sparsity * total))
+    layers = plan_structure(hs, cs, num_kv=geom.num_kv_heads, hidden=hidden, head_dim=geom.head_dim,
+                            group=cfg.channel_group, remove_params=budget, min_heads=cfg.min_heads, scope=cfg.scope)
+    before = {"attn": 0, "mlp": 0}
+    after = {"attn": 0, "mlp": 0}
+
+    def count(into):
+        for n, p in model.named_parameters():
+            if ".self_attn." in n:
+                into["attn"] += p.numel()
+            elif ".mlp." in n:
+                into["mlp"] += p.numel()
+
+    count(before)
+    sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
+    count(after)
+    left = sum(p.numel() for p in model.parameters())
+    return {"method": cfg.method, "pattern": "structured", "scope": cfg.scope, "target_sparsity": cfg.sparsity,
+            "achieved_sparsity": 1 - left / total, "params_before": total, "params_after": left,
+            "prunable_params": before["attn"] + before["mlp"],
+            "removed": {k: before[k] - after[k] for k in before}, "seconds": time.perf_counter() - t0,
+            "sizes": sizes, "kept": [{"heads": list(s.heads), "kv_heads": list(s.kv_heads),
+                                      "channel_groups": sorted({c // cfg.channel_group for c in s.channels})} for s in layers],
+            "never_pruned": "embeddings, norms and the LM head"}

@@ -1,0 +1,215 @@
+"""Structured CAP: planning maths, surgery, save/reload, deci GGUF and explicit-cache ONNX."""
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cap_edge.config import PruneConfig, ScoreConfig
+from cap_edge.errors import ConfigError, ExportError
+from cap_edge.models import load_model
+from cap_edge.prune_io import save_pruned
+from cap_edge.pruning import prune_model
+from cap_edge.scoring import ScoringEngine, build_calib_batch, head_gate, score_channels, subset_losses
+from cap_edge.structure import (LayerStructure, apply_structure, attention_options, attn_params, plan_structure)
+from cap_edge.tasks import load_split
+
+from conftest import make_tiny_llama, make_tokenizer
+
+FULL = tuple(range(128))
+D, HD = 64, 16
+
+
+def _masked_reference(layers):
+    """The original tiny Llama with the removed heads and channel groups gated to zero."""
+    ref = make_tiny_llama()
+    stack = contextlib.ExitStack()
+    for l, st in enumerate(layers):
+        g = torch.zeros(1, 4)
+        g[:, list(st.heads)] = 1
+        stack.enter_context(head_gate(ref.model.layers[l].self_attn.o_proj, g, HD))
+        c = torch.zeros(1, 128)
+        c[:, list(st.channels)] = 1
+        stack.enter_context(head_gate(ref.model.layers[l].mlp.down_proj, c, 1))
+    return ref, stack
+
+
+# ------------------------------------------------------------------ pure planning
+
+def test_attention_options_keep_whole_groups_with_equal_heads():
+    scores = torch.tensor([5.0, 1.0, 0.5, 4.0])  # K/V group 0 = heads 0,1; group 1 = heads 2,3
+    opts = attention_options(scores, num_kv=2, hidden=D, head_dim=HD)
+    assert len(opts) == 4  # (g, r) in {1,2} x {1,2}
+    by = {(o.g, o.r): o for o in opts}
+    assert by[(2, 1)].heads == (0, 3) and by[(2, 1)].kv_heads == (0, 1)  # best head of each group
+    assert by[(1, 2)].heads == (2, 3) or by[(1, 2)].heads == (0, 1)
+    assert by[(1, 1)].heads == (0,) and by[(1, 1)].removed_score == pytest.approx(5.5)
+    assert by[(1, 1)].params == attn_params(1, 1, D, HD) == 4 * HD * D
+    for o in opts:  # r query heads per kept K/V group, each in its own group
+        assert len(o.heads) == o.g * o.r and all(h // 2 in o.kv_heads for h in o.heads)
+
+
+def test_plan_meets_budget_and_takes_least_important_first():
+    torch.manual_seed(0)
+    hs, cs = torch.rand(3, 4) + 1, torch.rand(3, 4) + 1
+    hs[1, 2] = -5.0  # masking this head helps: it goes first
+    cs[2, 0] = 1e-4  # nearly useless channel group
+    small = plan_structure(hs, cs, num_kv=2, hidden=D, head_dim=HD, group=32, remove_params=1)
+    assert 2 not in small[1].heads  # one move suffices, and it is the negative head's group shape
+    plan = plan_structure(hs, cs, num_kv=2, hidden=D, head_dim=HD, group=32, remove_params=20000)
+    kept = sum(attn_params(len(s.kv_heads), len(s.heads) // len(s.kv_heads), D, HD) + 3 * len(s.channels) * D for s in plan)
+    full = 3 * (attn_params(2, 2, D, HD) + 3 * 128 * D)
+    assert full - kept >= 20000
+    assert all(0 not in [c // 32 for c in plan[2].channels] for _ in [0])
+    assert all(len(s.heads) >= 1 and len(s.channels) >= 32 for s in plan)
+
+
+def test_plan_per_kind_budgets_and_limits():
+    hs, cs = torch.rand(2, 4), torch.rand(2, 4)
+    plan = plan_structure(hs, cs, num_kv=2, hidden=D, head_dim=HD, group=32, remove_params={"attn": 0, "mlp": 3 * 32 * D})
+    assert all(len(s.heads) == 4 for s in plan) and sum(len(s.channels) for s in plan) == 256 - 32
+    with pytest.raises(ConfigError, match="cannot remove"):  # would need to empty layers
+        plan_structure(hs, cs, num_kv=2, hidden=D, head_dim=HD, group=32, remove_params=10**9)
+    with pytest.raises(ConfigError, match="unknown kind"):
+        plan_structure(hs, cs, num_kv=2, hidden=D, head_dim=HD, group=32, remove_params={"heads": 1})
+
+
+def test_removing_every_head_of_a_layer_is_refused_unless_allowed():
+    layers = [LayerStructure((), (), FULL), LayerStructure((0, 1, 2, 3), (0, 1), FULL)]
+    with pytest.raises(ConfigError, match="refusing to remove every head"):
+        apply_structure(make_tiny_llama(), layers)
+    m = make_tiny_llama()
+    apply_structure(m, layers, allow_empty=True)  # allowed: an attention-free layer
+    ref, stack = _masked_reference(layers)
+    ids = torch.randint(4, 200, (2, 7))
+    with torch.no_grad(), stack:
+        assert torch.allclose(m(ids).logits, ref(ids).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="not in K/V group"):
+        apply_structure(make_tiny_llama(), [LayerStructure((0, 2), (0,), FULL)] * 2)
+
+
+# ------------------------------------------------------------------ surgery == masking
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_structurally_pruned_equals_masked_original(attn):
+    torch.manual_seed(3)
+    layers = plan_structure(torch.randn(2, 4), torch.randn(2, 4), num_kv=2, hidden=D, head_dim=HD, group=32,
+                            remove_params=25000)
+    assert any(len(s.heads) < 4 for s in layers) and any(len(s.channels) < 128 for s in layers)
+    m = make_tiny_llama(attn=attn)
+    before = sum(p.numel() for p in m.parameters())
+    apply_structure(m, layers)
+    assert before - sum(p.numel() for p in m.parameters()) >= 25000  # weights physically gone
+    ref, stack = _masked_reference(layers)
+    ids = torch.randint(4, 200, (2, 11))
+    with torch.no_grad(), stack:
+        assert torch.allclose(m(ids).logits, ref(ids).logits, atol=1e-5)
+        # KV-cache generation runs with per-layer head counts
+        out = m.generate(ids[:1], max_new_tokens=6, do_sample=False, pad_token_id=3, eos_token_id=None)
+        full = ref(out).logits[0, 10:-1].argmax(-1)
+    assert torch.equal(out[0, 11:], full)
+
+
+def test_prune_structured_saves_and_reloads(tmp_path):
+    model, tok = make_tiny_llama(), make_tokenizer()
+    rep = prune_model(model, PruneConfig(method="magnitude", pattern="structured", sparsity=0.15), progress=False)
+    assert rep["achieved_sparsity"] >= 0.15 and rep["params_after"] < rep["params_before"]
+    d = save_pruned(model, tok, tmp_path / "s", rep)
+    assert json.loads((d / "config.json").read_text())["cap_edge_structure"] == rep["sizes"]
+    lm = load_model(str(d), device="cpu")
+    ids = torch.randint(4, 200, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, model(ids).logits)
+    with pytest.raises(ConfigError, match="already structurally pruned"):
+        prune_model(lm.model, PruneConfig(method="magnitude", pattern="structured", sparsity=0.1), progress=False)
+
+
+def test_structured_config_errors():
+    with pytest.raises(ConfigError, match="structured pruning ranks"):
+        PruneConfig(method="wanda", pattern="structured")
+    with pytest.raises(ConfigError, match="scope"):
+        PruneConfig(pattern="structured", scope="row")
+    with pytest.raises(ConfigError, match="needs CAP head scores"):
+        prune_model(make_tiny_llama(), PruneConfig(method="cap", pattern="structured", sparsity=0.1), progress=False)
+
+
+# ------------------------------------------------------------------ channel scores
+
+def test_channel_mask_equals_zeroed_down_proj_columns(tokenizer, tiny_model):
+    batch = build_calib_batch(tokenizer, load_split("embedded", "calib", 1)[:6], 3)
+    eng = ScoringEngine(tiny_model, batch, 3, max_batch_tokens=1, channel_group=32)
+    masked = subset_losses(eng.masked_rows(1, [2], "channels"), batch, 3)[0]
+    ref = make_tiny_llama()
+    with torch.no_grad():
+        ref.model.layers[1].mlp.down_proj.weight[:, 64:96] = 0
+    assert torch.equal(masked, ScoringEngine(ref, batch, 3).intact())
+    attr = eng.attribution_effects("channels")
+    assert attr.shape == (2, 4, 3)
+
+
+def test_score_channels_refines_and_caches(tokenizer, tiny_model):
+    probs = load_split("embedded", "calib", 1)[:6]
+    r = score_channels(tiny_model, tokenizer, probs, ScoreConfig(), refine_fraction=0.5, progress=False)
+    assert r["complete"] and not r["cache_hit"] and r["num_units"] == 4
+    hows = [u["how"] for l in r["layers"].values() for u in l]
+    assert hows.count("exact") == 4 and hows.count("attribution") == 4
+    assert score_channels(tiny_model, tokenizer, probs, ScoreConfig(), refine_fraction=0.5, progress=False)["cache_hit"]
+
+
+# ------------------------------------------------------------------ exports
+
+def _structured_dir(tmp_path, layers):
+    m, tok = make_tiny_llama(), make_tokenizer()
+    apply_structure(m, layers, allow_empty=True)
+    return save_pruned(m, tok, tmp_path / "st", {"method": "test", "pattern": "structured", "achieved_sparsity": 0.3})
+
+
+UNEVEN = [LayerStructure((2, 3), (1,), FULL[:64]), LayerStructure((), (), FULL[32:96])]  # layer 1 attention-free
+
+
+def test_deci_gguf_loads_in_llama_cpp_and_matches_pytorch(tmp_path):
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    from cap_edge.pipeline import export_artifact
+    from exporters.gguf import read_back
+
+    d = _structured_dir(tmp_path, UNEVEN)
+    art = export_artifact(d, "gguf", "f32", tmp_path / "out")
+    assert art.valid and art.validation["greedy_equal"] and art.validation["max_abs_logit_diff"] < 0.05
+    fields = GGUFReader(art.path).fields
+    assert fields["general.architecture"].contents() == "deci"
+    assert fields["deci.attention.head_count"].contents() == [2, 0]
+    assert fields["deci.attention.head_count_kv"].contents() == [1, 0]
+    assert fields["deci.feed_forward_length"].contents() == [64, 64]
+    lm = load_model(str(d), device="cpu")
+    sd = {k: v.numpy() for k, v in lm.model.state_dict().items()}
+    back = read_back(art.path, AutoConfig.from_pretrained(d))
+    assert back and all(np.array_equal(back[k], sd[k]) for k in back)
+
+
+@pytest.mark.parametrize("layers,msg", [
+    ([LayerStructure((), (), FULL), LayerStructure((0, 1), (0,), FULL)], "layer 0 has no attention heads"),
+    ([LayerStructure((0, 1), (0,), ()), LayerStructure((0, 1), (0,), FULL)], "no MLP channels"),
+])
+def test_deci_corner_cases_llama_cpp_cannot_run_are_refused(tmp_path, layers, msg):
+    from exporters.gguf import export_gguf
+
+    d = _structured_dir(tmp_path, layers)
+    with pytest.raises(ExportError, match=msg):
+        export_gguf(d, tmp_path / "out", "f32")
+    assert not list((tmp_path / "out").glob("*.gguf"))
+
+
+def test_structured_onnx_export_validates_against_pytorch(tmp_path):
+    from cap_edge.pipeline import export_artifact
+
+    d = _structured_dir(tmp_path, UNEVEN)
+    art = export_artifact(d, "onnx", "fp32", tmp_path / "out")
+    assert art.valid and art.validation["greedy_equal"] and art.validation["max_abs_logit_diff"] < 1e-3
+    import onnxruntime as ort
+
+    names = [i.name for i in ort.InferenceSession(art.path).get_inputs()]
+    assert "past_key_values.0.key" in names and "past_key_values.1.key" not in names  # no cache for layer 1
