@@ -219,9 +219,12 @@ def prune_cmd(
 @app.command("export")
 def export_cmd(
     model_dir: Path = typer.Argument(..., help="a (pruned) Hugging Face model directory"),
-    fmt: str = typer.Option(..., "--format", help="onnx | gguf"),
-    precision: str = typer.Option(..., help="onnx: fp32|fp16|int8|int4; gguf: f32|f16|q8_0|q4_0"),
+    fmt: str = typer.Option(..., "--format", help="onnx | gguf | onnx-static (fixed-shape prefill/decode, QDQ)"),
+    precision: str = typer.Option(..., help="onnx: fp32|fp16|int8|int4; gguf: f32|f16|q8_0|q4_0; onnx-static: fp32|qdq8|qdq16"),
     out: Path = typer.Option(..., help="output directory (artifact, .zip bundle, manifest.json)"),
+    chunk: int = typer.Option(64, help="onnx-static: tokens per prefill call"),
+    context: int = typer.Option(1024, help="onnx-static: fixed KV-cache slots"),
+    op_table: Optional[str] = typer.Option(None, help="onnx-static: op table to check against (e.g. qnn-htp)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
     """Export to ONNX or GGUF, validate against PyTorch, record sha256/sizes/validation in manifest.json."""
@@ -231,7 +234,8 @@ def export_cmd(
     try:
         if not (model_dir / "config.json").is_file():
             raise CapEdgeError(f"{model_dir} is not a Hugging Face model directory (config.json missing)")
-        art = export_artifact(model_dir, fmt, precision, out)
+        opts = {"chunk": chunk, "context": context, "op_table": op_table} if fmt == "onnx-static" else None
+        art = export_artifact(model_dir, fmt, precision, out, export_options=opts)
     except CapEdgeError as e:
         _fail(e)
     v = art.validation

@@ -23,7 +23,7 @@ def _pruning_metadata(model_dir: Path) -> dict:
 
 
 def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: str | Path,
-                    runtime_options: dict | None = None, reference=None):
+                    runtime_options: dict | None = None, reference=None, export_options: dict | None = None):
     """Export, measure sizes, validate against PyTorch, record in the manifest.
 
     A failed validation keeps the artifact, marks it invalid in the manifest and re-raises the
@@ -39,7 +39,7 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     meta = _pruning_metadata(model_dir)
-    art = get_exporter(fmt, precision)(model_dir, out_dir, precision, meta)
+    art = get_exporter(fmt, precision)(model_dir, out_dir, precision, meta, **(export_options or {}))
     finalize(art, out_dir)
     if reference is None:
         model = load_weights(model_dir, torch.float32).eval()
@@ -50,7 +50,7 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
         sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         art.metadata["quantized_zeros"] = quantized_zeros_kept(art.path, sd, model.config)
     opts = dict(runtime_options or {})
-    if fmt == "onnx":
+    if fmt.startswith("onnx"):
         opts.setdefault("eos_token_id", tok.eos_token_id)
     runtime = load_runtime(fmt, art.path, **opts)
     art.validation = validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False)
@@ -159,8 +159,9 @@ class BuildConfig:
     def outputs(self) -> list[tuple[str, str]]:
         e = self.profile.export
         out = []
+        precs = {"onnx": e.onnx_precisions, "gguf": e.gguf_precisions, "onnx-static": e.static_precisions}
         for fmt in e.formats:
-            out += [(fmt, p) for p in (e.onnx_precisions if fmt == "onnx" else e.gguf_precisions)]
+            out += [(fmt, p) for p in precs[fmt]]
         return out
 
 
@@ -191,9 +192,43 @@ def plan(cfg: BuildConfig) -> dict:
 
 def runtime_options(rt: dict, eos_token_id: int | None) -> dict[str, dict]:
     """Loader kwargs per format from a plan's ``runtime`` section (the same for build and bench)."""
-    return {"onnx": {"providers": tuple(rt["onnx_providers"]), "provider_options": rt["provider_options"],
-                     "eos_token_id": eos_token_id},
+    onnx = {"providers": tuple(rt["onnx_providers"]), "provider_options": rt["provider_options"],
+            "eos_token_id": eos_token_id}
+    return {"onnx": onnx, "onnx-static": dict(onnx),
             "gguf": {"n_gpu_layers": rt["llamacpp_gpu_layers"], "n_ctx": rt["context_length"]}}
+
+
+def static_options(cfg: BuildConfig, calib, tokenizer) -> dict:
+    """Fixed-shape export settings from the profile; calibration = the sequences CAP scored
+    (prompt + gold answer, cut to the budget's tokens per problem like the scoring batch)."""
+    from .prompts import encode_pair
+
+    e, budget = cfg.profile.export, cfg.budget_cfg
+    seqs = []
+    for p in calib[: budget.problems]:
+        ctx, ans = encode_pair(tokenizer, p, p.answer)
+        seqs.append((ctx + ans)[-budget.tokens_per_problem:])
+    return {"chunk": e.static_chunk, "context": cfg.profile.runtime.context_length, "keep_float": tuple(e.keep_float),
+            "calibration": seqs, "op_table": e.op_table or None}
+
+
+def check_op_coverage(cfg: BuildConfig, artifact, say) -> None:
+    """Fail or warn (per profile) when a graph has ops the target execution provider lacks."""
+    import warnings
+
+    cov = artifact.metadata.get("op_coverage")
+    if not cov:
+        return
+    missing = {op: v["count"] for g in cov.values() for op, v in g["unsupported"].items()}
+    if not missing:
+        say(f"  op coverage ({cfg.profile.export.op_table}): every op supported")
+        return
+    msg = (f"{artifact.path}: ops not in the {cfg.profile.export.op_table} table: "
+           + ", ".join(f"{op} x{n}" for op, n in sorted(missing.items())))
+    if cfg.profile.export.unsupported_ops == "fail":
+        raise CapEdgeError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    say(f"  warning: {msg}")
 
 
 def check_memory(cfg: BuildConfig, model_config) -> list[dict]:
@@ -324,7 +359,9 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
         for fmt, prec in cfg.outputs():
             say(f"  export {fmt}:{prec}")
             try:
-                a = export_artifact(pruned_dir, fmt, prec, out / "artifacts", rt_opts[fmt], reference=(ref_model, ref_tok))
+                a = export_artifact(pruned_dir, fmt, prec, out / "artifacts", rt_opts[fmt], reference=(ref_model, ref_tok),
+                                    export_options=static_options(cfg, calib, ref_tok) if fmt == "onnx-static" else None)
+                check_op_coverage(cfg, a, say)
             except ValidationError as e:
                 say(f"  {fmt}:{prec} failed validation: {e}")
                 manifest.setdefault("invalid_artifacts", []).append(str(e))
@@ -343,7 +380,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             write_json(out / "manifest.json", manifest)
     with stage("measure"):
         for a, d in zip(arts, manifest["artifacts"]):
-            prov = list(cfg.profile.runtime.onnx_providers) if a.format == "onnx" else None
+            prov = list(cfg.profile.runtime.onnx_providers) if a.format.startswith("onnx") else None
             d["latency"] = measure_artifact(a.format, a.path, cfg.prompt_tokens, cfg.gen_tokens, cfg.runs, prov,
                                             vocab=ref_model.config.vocab_size)
             d["estimated"] = roofline(cfg.profile.hardware, params, a.bytes, cfg.prompt_tokens, pcfg.pattern)

@@ -30,6 +30,12 @@ class ExportSpec:
     formats: tuple[str, ...]
     onnx_precisions: tuple[str, ...] = ()
     gguf_precisions: tuple[str, ...] = ()
+    # onnx-static: fixed-shape prefill/decode graphs, static QDQ (exporters/onnx_static.py)
+    static_precisions: tuple[str, ...] = ()
+    static_chunk: int = 64  # prefill graph's fixed token count
+    keep_float: tuple[str, ...] = ()  # node-name substrings left unquantized (mixed precision)
+    op_table: str = ""  # device_profiles/ops/NAME.toml: ops the target execution provider takes
+    unsupported_ops: str = "warn"  # "warn" or "fail" when a graph has ops outside op_table
 
 
 @dataclass(frozen=True)
@@ -131,11 +137,23 @@ def _validate(p: DeviceProfile, where: str) -> DeviceProfile:
     if p.detector not in DETECTORS:
         raise ProfileError(f"{where}: key 'detector' expected one of {', '.join(DETECTORS)}, got {p.detector!r}")
     for f in p.export.formats:
-        if f not in ("onnx", "gguf"):
-            raise ProfileError(f"{where} [export]: key 'formats' expected onnx or gguf entries, got {f!r}")
+        if f not in ("onnx", "gguf", "onnx-static"):
+            raise ProfileError(f"{where} [export]: key 'formats' expected onnx, gguf or onnx-static entries, got {f!r}")
     from exporters import EXPORTERS  # profile data is checked against the registered precisions
 
-    for fmt, precs in (("onnx", p.export.onnx_precisions), ("gguf", p.export.gguf_precisions)):
+    if p.export.unsupported_ops not in ("warn", "fail"):
+        raise ProfileError(f"{where} [export]: key 'unsupported_ops' expected warn or fail, got {p.export.unsupported_ops!r}")
+    if p.export.static_chunk < 1 or p.export.static_chunk > p.runtime.context_length:
+        raise ProfileError(f"{where} [export]: key 'static_chunk' expected 1..context_length, got {p.export.static_chunk}")
+    if p.export.op_table:
+        from exporters.op_coverage import load_op_table
+
+        try:
+            load_op_table(p.export.op_table)
+        except ConfigError as e:
+            raise ProfileError(f"{where} [export]: key 'op_table': {e}") from e
+    for fmt, precs in (("onnx", p.export.onnx_precisions), ("gguf", p.export.gguf_precisions),
+                       ("onnx-static", p.export.static_precisions)):
         for pr in precs:
             if pr not in EXPORTERS[fmt][1]:
                 raise ProfileError(f"{where} [export]: {fmt} precision {pr!r} unknown; expected one of {', '.join(EXPORTERS[fmt][1])}")

@@ -8,8 +8,12 @@ from .gguf import PRECISIONS as GGUF_PRECISIONS
 from .gguf import export_gguf
 from .onnx import PRECISIONS as ONNX_PRECISIONS
 from .onnx import export_onnx
+from .onnx_static import PRECISIONS as STATIC_PRECISIONS
+from .onnx_static import export_static
 
-EXPORTERS = {"onnx": (export_onnx, ONNX_PRECISIONS), "gguf": (export_gguf, GGUF_PRECISIONS)}
+# "onnx-static": fixed-shape prefill + decode graphs, statically quantized (QDQ) for NPU providers
+EXPORTERS = {"onnx": (export_onnx, ONNX_PRECISIONS), "gguf": (export_gguf, GGUF_PRECISIONS),
+             "onnx-static": (export_static, STATIC_PRECISIONS)}
 
 
 def get_exporter(fmt: str, precision: str):
@@ -23,4 +27,4 @@ def get_exporter(fmt: str, precision: str):
     return fn
 
 
-__all__ = ["Artifact", "EXPORTERS", "get_exporter", "finalize", "update_manifest", "export_onnx", "export_gguf"]
+__all__ = ["Artifact", "EXPORTERS", "get_exporter", "finalize", "update_manifest", "export_onnx", "export_gguf", "export_static"]

@@ -31,8 +31,62 @@ from cap_edge.structure import layer_sizes
 OPSET = 17
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's rotate-half RoPE. x (1, n, T, hd); cos/sin (1, 1, T, hd)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+class _Block(torch.nn.Module):
+    """One decoder layer with the attention written out (its modules shared with the model)."""
+
+    def __init__(self, layer, spec, nh: int, nkv: int, ff: int, hd: int, layout: str, static):
+        super().__init__()
+        self.nh, self.nkv, self.ff, self.hd, self.layout, self.static = nh, nkv, ff, hd, layout, static
+        if nh > 0:
+            self.input_norm = get_module(layer, spec.input_norm)
+            self.q, self.k = get_module(layer, spec.q), get_module(layer, spec.k)
+            self.v, self.o = get_module(layer, spec.v), get_module(layer, spec.o)
+        if ff > 0:
+            self.post_norm = get_module(layer, spec.post_attn_norm)
+            self.mlp = get_module(layer, spec.mlp)
+
+    def forward(self, h, cos, sin, bias, keep, pk, pv, T):
+        kv = []
+        if self.nh > 0:
+            nh, nkv, hd = self.nh, self.nkv, self.hd
+            x = self.input_norm(h)
+            q = self.q(x).view(1, T, nh, hd).transpose(1, 2)  # (1, nh, T, hd)
+            k = self.k(x).view(1, T, nkv, hd).transpose(1, 2)  # (1, kv, T, hd)
+            v = self.v(x).view(1, T, nkv, hd).transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            K = torch.cat([pk, k], dim=2)  # (1, kv, S, hd)
+            V = torch.cat([pv, v], dim=2)
+            kv = [K, V] if self.layout == "dynamic" else [k, v]
+            r = nh // nkv
+            if r > 1:  # grouped-query attention: query head j reads K/V head j // r
+                idx = torch.arange(nh, device=h.device) // r  # constant (nh,)
+                K = K.index_select(1, idx)  # (1, nh, S, hd)
+                V = V.index_select(1, idx)
+            att = (q.float() @ K.float().transpose(-1, -2)) / math.sqrt(hd)  # (1, nh, T, S)
+            if self.static:
+                # Masked softmax by multiplication: an additive -inf (or -1e4) mask would make the
+                # quantizer's calibrated range of the scores useless; every tensor here stays
+                # bounded (exp in [0, 1]), so a QDQ graph keeps the scores' resolution.
+                e = torch.exp(att - att.amax(dim=-1, keepdim=True)) * keep  # (1, nh, T, S)
+                att = (e / (e.sum(dim=-1, keepdim=True) + 1e-20)).to(V.dtype)
+            else:
+                att = torch.softmax(att + bias, dim=-1).to(V.dtype)
+            y = (att @ V).transpose(1, 2).reshape(1, T, nh * hd)  # (1, T, nh*hd)
+            h = h + self.o(y)
+        if self.ff > 0:
+            h = h + self.mlp(self.post_norm(h))
+        return h, kv
+
+
 class KVGraph(torch.nn.Module):
-    def __init__(self, model, layout: str = "dynamic"):
+    def __init__(self, model, layout: str = "dynamic", tokens: int | None = None, cache: int | None = None):
         super().__init__()
         if layout not in ("dynamic", "static"):
             raise ExportError(f"KV graph layout: expected dynamic or static, got {layout!r}")
@@ -41,16 +95,24 @@ class KVGraph(torch.nn.Module):
         self.spec = spec
         self.embed = get_module(model, spec.embed)
         self.norm = get_module(model, spec.final_norm)
-        self.head = get_module(model, spec.lm_head)
+        self.lm_head = get_module(model, spec.lm_head)
         rotary = get_module(model, spec.rotary)
         if getattr(rotary, "rope_type", "default") == "dynamic":
             raise ExportError("dynamic RoPE scaling changes with the sequence length; the KV graph exports fixed RoPE only")
         self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
-        self.layers = get_module(model, spec.layers)
+        layers = get_module(model, spec.layers)
         self.sizes = layer_sizes(model.config)
         self.hd = head_geometry(model.config).head_dim
         self.attn_layers = [i for i, n in enumerate(self.sizes["num_heads"]) if n > 0]
+        # static layout: sizes are Python constants, so no Shape op reaches a Reshape and ONNX shape
+        # inference sees every dimension
+        self.static = (tokens, cache) if layout == "static" else None
+        # one called module per layer, so exported node names carry the layer ("/blocks.3/q/MatMul")
+        self.blocks = torch.nn.ModuleList(
+            _Block(layer, spec, self.sizes["num_heads"][i], self.sizes["num_kv_heads"][i],
+                   self.sizes["intermediate_size"][i], self.hd, layout, self.static)
+            for i, layer in enumerate(layers))
 
     def io_names(self) -> tuple[list[str], list[str]]:
         past = [f"past_key_values.{i}.{kv}" for i in self.attn_layers for kv in ("key", "value")]
@@ -58,50 +120,27 @@ class KVGraph(torch.nn.Module):
         present = [f"{out}.{i}.{kv}" for i in self.attn_layers for kv in ("key", "value")]
         return ["input_ids", "position_ids", "attention_mask", *past], ["logits", *present]
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """HF's rotate-half RoPE. x (1, n, T, hd); cos/sin (1, 1, T, hd)."""
-        half = x.shape[-1] // 2
-        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rot * sin
-
     def forward(self, input_ids, position_ids, attention_mask, *past):
-        T = input_ids.shape[1]
+        T = self.static[0] if self.static else input_ids.shape[1]
         h = self.embed(input_ids)  # (1, T, D)
         freqs = position_ids[0].float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
         cos = (emb.cos() * self.rope_scale)[None, None].to(h.dtype)  # (1, 1, T, hd)
         sin = (emb.sin() * self.rope_scale)[None, None].to(h.dtype)
-        S = attention_mask.shape[1]  # P + T keys
+        S = sum(self.static) if self.static else attention_mask.shape[1]  # P + T keys
         P = S - T
         key_pos = torch.arange(S, device=h.device)[None, :]  # (1, S)
         query_pos = P + torch.arange(T, device=h.device)[:, None]  # (T, 1)
         allowed = (key_pos <= query_pos) & (attention_mask[0][None, :] > 0)  # (T, S): causal and valid
         bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, S)
+        keep = allowed.float()[None, None]  # (1, 1, T, S)
         outputs = []
         it = iter(past)
-        for i, layer in enumerate(self.layers):
-            nh, nkv = self.sizes["num_heads"][i], self.sizes["num_kv_heads"][i]
-            if nh > 0:
-                x = get_module(layer, self.spec.input_norm)(h)
-                q = get_module(layer, self.spec.q)(x).view(1, T, nh, self.hd).transpose(1, 2)  # (1, nh, T, hd)
-                k = get_module(layer, self.spec.k)(x).view(1, T, nkv, self.hd).transpose(1, 2)  # (1, kv, T, hd)
-                v = get_module(layer, self.spec.v)(x).view(1, T, nkv, self.hd).transpose(1, 2)
-                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-                pk, pv = next(it), next(it)  # (1, kv, P, hd)
-                K = torch.cat([pk, k], dim=2)  # (1, kv, S, hd)
-                V = torch.cat([pv, v], dim=2)
-                outputs += [K, V] if self.layout == "dynamic" else [k, v]
-                r = nh // nkv
-                if r > 1:  # grouped-query attention: query head j reads K/V head j // r
-                    K = K.repeat_interleave(r, dim=1)  # (1, nh, S, hd)
-                    V = V.repeat_interleave(r, dim=1)
-                att = (q.float() @ K.float().transpose(-1, -2)) / math.sqrt(self.hd) + bias  # (1, nh, T, S)
-                att = torch.softmax(att, dim=-1).to(V.dtype)
-                y = (att @ V).transpose(1, 2).reshape(1, T, nh * self.hd)  # (1, T, nh*hd)
-                h = h + get_module(layer, self.spec.o)(y)
-            if self.sizes["intermediate_size"][i] > 0:
-                h = h + get_module(layer, self.spec.mlp)(get_module(layer, self.spec.post_attn_norm)(h))
-        logits = self.head(self.norm(h))  # (1, T, V)
+        for block in self.blocks:
+            pk, pv = (next(it), next(it)) if block.nh > 0 else (None, None)
+            h, kv = block(h, cos, sin, bias, keep, pk, pv, T)
+            outputs += kv
+        logits = self.lm_head(self.norm(h))  # (1, T, V)
         return (logits, *outputs)
 
     def dummy_inputs(self, T: int, past_len: int) -> tuple:
@@ -122,9 +161,9 @@ def export_kv_graph(model, path, layout: str = "dynamic", tokens: int = 1, cache
     cache of ``cache`` slots, every dimension fixed. Dynamic: batch 1, T and past length free."""
     import warnings
 
-    graph = KVGraph(model.float().eval(), layout).eval()
+    graph = KVGraph(model.float().eval(), layout, tokens, cache).eval()
     # the ONNX scaled-attention check (scaling) is HF's default: 1/sqrt(head_dim)
-    attn = get_module(graph.layers[graph.attn_layers[0]], graph.spec.attn) if graph.attn_layers else None
+    attn = get_module(get_module(model, graph.spec.layers)[graph.attn_layers[0]], graph.spec.attn) if graph.attn_layers else None
     if attn is not None and abs(getattr(attn, "scaling", 1 / math.sqrt(graph.hd)) - 1 / math.sqrt(graph.hd)) > 1e-9:
         raise ExportError(f"attention scaling {attn.scaling} is not 1/sqrt(head_dim); the KV graph does not support it")
     ins, outs = graph.io_names()
@@ -140,3 +179,25 @@ def export_kv_graph(model, path, layout: str = "dynamic", tokens: int = 1, cache
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: shapes are fixed per export
         torch.onnx.export(graph, args, str(path), input_names=ins, output_names=outs, dynamic_axes=dyn,
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    _constants_to_initializers(path)
+
+
+def _constants_to_initializers(path) -> None:
+    """Turn Constant nodes into initializers: they are data, not ops an execution provider runs, and
+    quantizers and op-coverage checks see initializers as such."""
+    import onnx
+
+    m = onnx.load(str(path))
+    keep = []
+    for n in m.graph.node:
+        value = next((a for a in n.attribute if a.name == "value"), None) if n.op_type == "Constant" else None
+        if value is None:
+            keep.append(n)
+            continue
+        t = onnx.TensorProto()
+        t.CopyFrom(value.t)
+        t.name = n.output[0]
+        m.graph.initializer.append(t)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save_model(m, str(path))

@@ -19,6 +19,8 @@ PROMPTS = [
     "def fibonacci(n):",
 ]
 
+QDQ16_KL, QDQ8_KL = 0.5, 1.0  # static activation quantization: see README (mobile-npu)
+
 # Per (format, precision): the metric that must stay under its tolerance. Exact float formats are
 # held to the max |logit difference|; reduced precisions to the mean KL(PyTorch || runtime) of the
 # next-token distributions over all prompt positions (nats) plus a minimum top-1 agreement, because
@@ -29,8 +31,11 @@ TOLERANCE = {
     ("onnx", "fp16"): ("mean_kl", 0.01), ("gguf", "f16"): ("mean_kl", 0.01),
     ("onnx", "int8"): ("mean_kl", 0.05), ("gguf", "q8_0"): ("mean_kl", 0.2),
     ("onnx", "int4"): ("mean_kl", 0.5), ("gguf", "q4_0"): ("mean_kl", 0.5),
+    ("onnx-static", "fp32"): ("max_abs_logit_diff", 1e-3),
+    ("onnx-static", "qdq16"): ("mean_kl", QDQ16_KL), ("onnx-static", "qdq8"): ("mean_kl", QDQ8_KL),
 }
-MIN_TOP1 = {"fp32": 1.0, "f32": 1.0, "fp16": 0.95, "f16": 0.95, "int8": 0.9, "q8_0": 0.85, "int4": 0.6, "q4_0": 0.6}
+MIN_TOP1 = {"fp32": 1.0, "f32": 1.0, "fp16": 0.95, "f16": 0.95, "int8": 0.9, "q8_0": 0.85, "int4": 0.6, "q4_0": 0.6,
+            "qdq16": 0.6, "qdq8": 0.5}
 GREEDY_EXACT = {"fp32", "f32", "f16"}  # precisions whose greedy output must equal PyTorch's
 GREEDY_TOKENS = 32
 

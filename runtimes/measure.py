@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--providers", nargs="*", default=None)
     ap.add_argument("--vocab", type=int, default=1000)
     a = ap.parse_args(argv)
-    kwargs = {"providers": a.providers} if (a.format == "onnx" and a.providers) else {}
+    kwargs = {"providers": a.providers} if (a.format.startswith("onnx") and a.providers) else {}
     t = time.perf_counter()
     rt = load_runtime(a.format, a.path, **kwargs)
     load_s = time.perf_counter() - t

@@ -25,6 +25,17 @@ def _matrix(result: dict | None, what: str, shape: tuple[int, int]) -> torch.Ten
     return m
 
 
+def _kind_sizes(model) -> dict:
+    """Parameters in attention and in MLP sub-blocks."""
+    out = {"attn": 0, "mlp": 0}
+    for n, p in model.named_parameters():
+        if ".self_attn." in n:
+            out["attn"] += p.numel()
+        elif ".mlp." in n:
+            out["mlp"] += p.numel()
+    return out
+
+
 @torch.no_grad()
 def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, channel_scores: dict | None = None,
                      split: dict | None = None) -> dict:
@@ -48,21 +59,16 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
     else:
         hs, cs = magnitude_unit_scores(model, cfg.channel_group)
     budget = split if split is not None else int(round(cfg.sparsity * total))
+    if split is None and cfg.method == "magnitude":
+        # weight norms of heads and of channel groups are on unrelated scales, so one shared budget
+        # would empty one kind first: split it in proportion to each kind's parameters instead
+        sizes = _kind_sizes(model)
+        budget = {k: int(round(budget * v / (sizes["attn"] + sizes["mlp"]))) for k, v in sizes.items()}
     layers = plan_structure(hs, cs, num_kv=geom.num_kv_heads, hidden=hidden, head_dim=geom.head_dim,
                             group=cfg.channel_group, remove_params=budget, min_heads=cfg.min_heads, scope=cfg.scope)
-    before = {"attn": 0, "mlp": 0}
-    after = {"attn": 0, "mlp": 0}
-
-    def count(into):
-        for n, p in model.named_parameters():
-            if ".self_attn." in n:
-                into["attn"] += p.numel()
-            elif ".mlp." in n:
-                into["mlp"] += p.numel()
-
-    count(before)
+    before = _kind_sizes(model)
     sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
-    count(after)
+    after = _kind_sizes(model)
     left = sum(p.numel() for p in model.parameters())
     return {"method": cfg.method, "pattern": "structured", "scope": cfg.scope, "target_sparsity": cfg.sparsity,
             "achieved_sparsity": 1 - left / total, "params_before": total, "params_after": left,
