@@ -94,6 +94,9 @@ def score_cmd(
     force: bool = typer.Option(False, help="recompute even when cached"),
     distributed: bool = typer.Option(False, "--distributed", help="split exact scoring over torchrun processes"),
     head_group: Optional[int] = typer.Option(None, help="distributed: heads per job (default: all heads of a layer)"),
+    device_map: Optional[str] = typer.Option(None, help="place a model too large for one GPU across this node's GPUs "
+                                                        "(accelerate: auto | balanced | sequential); with --distributed "
+                                                        "run one process per node"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -107,7 +110,7 @@ def score_cmd(
         from .distributed import init
 
         rank, _ = init()
-        if device == "auto" and __import__("torch").cuda.is_available():
+        if device == "auto" and device_map is None and __import__("torch").cuda.is_available():
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     _setup_logging(verbose)
     from .config import BudgetConfig, ScoreConfig
@@ -121,7 +124,7 @@ def score_cmd(
         cfg = ScoreConfig(mode=mode, subsets=subsets, refine_fraction=refine_fraction)
         budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem, seconds=seconds)
         problems = calibration_problems(calib, samples, seed)
-        lm = load_model(model, device=device, dtype=dtype)
+        lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
         result = score_heads(lm.model, lm.tokenizer, problems, cfg, budget, force=force, distributed=distributed, head_group=head_group,
                              progress=rank == 0)
         if result is None:  # a non-zero rank: rank 0 writes the result

@@ -219,7 +219,11 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
+    """``device_map`` ("auto", "balanced", "sequential" or an explicit {module: device} dict) places
+    a model too large for one GPU across this node's GPUs with accelerate; layers then run where
+    their weights are and activations move between devices (accelerate's hooks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, source = resolve_model_dir(spec)
@@ -229,11 +233,33 @@ def load_model(
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ModelLoadError(f"could not load the tokenizer from {path}: {e}") from e
-    model = load_weights(path, dt, attn_implementation)
-    model.to(dev).eval()
+    if device_map is not None:
+        model = _load_placed(path, dt, attn_implementation, device_map)
+    else:
+        model = load_weights(path, dt, attn_implementation)
+        model.to(dev)
+    model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(model=model, tokenizer=tok, source=source, path=path)
+
+
+def _load_placed(path: Path, dtype, attn_implementation, device_map):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .structure import CONFIG_KEY
+
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise ModelLoadError(f"device_map: expected auto, balanced, balanced_low_0, sequential or a dict; got {device_map!r}")
+    if getattr(AutoConfig.from_pretrained(path), CONFIG_KEY, None):
+        raise ModelLoadError("device_map placement of a structurally pruned model is not supported; load it on one device")
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if isinstance(device_map, dict) and "disk" in device_map.values():  # layers streamed from disk
+        kwargs["offload_folder"] = str(cache_dir() / "offload" / hashlib.sha256(str(path).encode()).hexdigest()[:16])
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+    except Exception as e:
+        raise ModelLoadError(f"could not place {path} with device_map={device_map!r}: {e}") from e
 
 
 def load_weights(path: Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):

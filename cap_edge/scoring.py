@@ -144,8 +144,8 @@ class Decoder:
         pos = batch.ans_pos.to(dev).repeat(copies)
         tgt = batch.ans_tgt.to(dev).repeat(copies)
         hid = self.norm(h_final[rows, pos])  # (copies*A, D): only the answer positions
-        logits = self.head(hid).float()  # (copies*A, V)
-        nll = F.cross_entropy(logits, tgt, reduction="none").double()
+        logits = self.head(hid).float()  # (copies*A, V); with a device_map, on the head's device
+        nll = F.cross_entropy(logits, tgt.to(logits.device), reduction="none").double().to(dev)
         out = torch.zeros(copies * N, dtype=torch.float64, device=dev)
         out.index_add_(0, rows, nll)
         return out.view(copies, N)
@@ -158,7 +158,7 @@ def head_gate(o_proj: torch.nn.Module, gate: torch.Tensor, head_dim: int):
     def pre(_mod, args):
         x = args[0]
         B, T, C = x.shape
-        g = gate.to(x.dtype).repeat_interleave(head_dim, dim=1)  # (B, nh*hd)
+        g = gate.to(device=x.device, dtype=x.dtype).repeat_interleave(head_dim, dim=1)  # (B, nh*hd), on the layer's device
         return (x * g[:, None, :],) + tuple(args[1:])
 
     handle = o_proj.register_forward_pre_hook(pre)

@@ -51,3 +51,27 @@ def test_two_processes_equal_single_and_restart_reuses_jobs(tiny_dir, tmp_path):
     assert b["distributed"]["world_size"] == 2 and b["distributed"]["backend"] == "gloo"
     assert sum(r["reused"] for r in ranks) >= 2  # the restart reused what the failed run finished
     assert sum(r["computed"] + r["reused"] for r in ranks) == 8
+
+
+def test_device_map_placement_gives_the_same_scores(tiny_dir, tokenizer):
+    """accelerate placement: layer 1 offloaded (weights on the meta device, moved in by its
+    AlignDevicesHook at run time), the path a model split over several GPUs takes; the scores are
+    identical to the single-device model's."""
+    from cap_edge.config import ScoreConfig
+    from cap_edge.errors import ModelLoadError
+    from cap_edge.models import load_model
+    from cap_edge.scoring import build_calib_batch, compute_scores, score_matrix
+    from cap_edge.tasks import load_split
+
+    dm = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+          "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    placed = load_model(str(tiny_dir), device_map=dm).model
+    assert hasattr(placed.model.layers[1], "_hf_hook") and placed.model.layers[1].self_attn.q_proj.weight.device.type == "meta"
+    single = load_model(str(tiny_dir), device="cpu").model
+    batch = build_calib_batch(tokenizer, load_split("embedded", "calib", 1)[:6], 3)
+    for mode in ("exact", "attribution"):
+        a = score_matrix(compute_scores(placed, batch, ScoreConfig(mode=mode), progress=False))
+        b = score_matrix(compute_scores(single, batch, ScoreConfig(mode=mode), progress=False))
+        assert (a - b).abs().max() <= 1e-6 and b.abs().max() > 1e-3
+    with pytest.raises(ModelLoadError, match="device_map"):
+        load_model(str(tiny_dir), device_map="everywhere")
