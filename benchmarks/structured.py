@@ -50,7 +50,7 @@ def measure(model_dir: Path, name: str, args, reference) -> dict:
         lat = measure_artifact(fmt, art.path, args.prompt_tokens, args.gen_tokens, args.runs)
         v = art.validation
         res[fmt] = {"precision": prec, "valid": True, "bytes": art.bytes, "compressed_bytes": art.compressed_bytes,
-                    "export_seconds": export_s, "mean_kl": v["mean_kl"], "top1_agreement": v["top1_agreement"],
+                    "export_seconds": export_s, "mean_kl": v["mean_kl"], "top1_agreement": v["top1_agreement"], "top1_decisive": v["top1_agreement_decisive"],
                     "arch": art.metadata.get("gguf_arch"), **lat}
         print(f"  {fmt}:{prec} valid, {art.bytes / 1e6:.1f} MB, decode {lat['decode_tok_s']['median']:.1f} tok/s, "
               f"prefill {lat['prefill_tok_s']['median']:.1f} tok/s, RSS {lat.get('peak_rss_mb', float('nan')):.0f} MB", flush=True)

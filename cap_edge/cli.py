@@ -243,7 +243,7 @@ def export_cmd(
         _fail(e)
     v = art.validation
     typer.echo(f"{art.path}: {art.bytes / 1e6:.1f} MB raw, {art.compressed_bytes / 1e6:.1f} MB zipped; "
-               f"{v['metric']} {v[v['metric']]:.4g} (tol {v['tolerance']}), mean KL {v['mean_kl']:.4g}, top-1 {v['top1_agreement']:.3f}"
+               f"{v['metric']} {v[v['metric']]:.4g} (tol {v['tolerance']}), mean KL {v['mean_kl']:.4g}, top-1 {v['top1_agreement']:.3f} (decisive positions {v['top1_agreement_decisive']:.3f})"
                + (f", greedy 32 equal: {v['greedy_equal']}" if "greedy_equal" in v else "") + " -> valid")
 
 

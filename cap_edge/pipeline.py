@@ -52,6 +52,8 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
     opts = dict(runtime_options or {})
     if fmt.startswith("onnx"):
         opts.setdefault("eos_token_id", tok.eos_token_id)
+    if fmt == "gguf" and precision == "f32":
+        opts["kv_cache_type"] = "f32"  # validate the file, not llama.cpp's f16 cache
     runtime = load_runtime(fmt, art.path, **opts)
     art.validation = validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False)
     art.valid = art.validation["passed"]

@@ -96,6 +96,11 @@ class KVGraph(torch.nn.Module):
         self.embed = get_module(model, spec.embed)
         self.norm = get_module(model, spec.final_norm)
         self.lm_head = get_module(model, spec.lm_head)
+        # tied embeddings: one (D, V) table serves both the lookup (Gather on axis 1) and the output
+        # layer (MatMul), so the file holds one copy instead of the table plus its folded transpose
+        self.tied = self.lm_head.weight is self.embed.weight
+        if self.tied:
+            self.table_t = torch.nn.Parameter(self.embed.weight.detach().t().contiguous(), requires_grad=False)  # (D, V)
         rotary = get_module(model, spec.rotary)
         if getattr(rotary, "rope_type", "default") == "dynamic":
             raise ExportError("dynamic RoPE scaling changes with the sequence length; the KV graph exports fixed RoPE only")
@@ -122,7 +127,10 @@ class KVGraph(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         T = self.static[0] if self.static else input_ids.shape[1]
-        h = self.embed(input_ids)  # (1, T, D)
+        if self.tied:
+            h = self.table_t.index_select(1, input_ids[0]).t()[None]  # (1, T, D)
+        else:
+            h = self.embed(input_ids)  # (1, T, D)
         freqs = position_ids[0].float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
         cos = (emb.cos() * self.rope_scale)[None, None].to(h.dtype)  # (1, 1, T, hd)
@@ -140,7 +148,10 @@ class KVGraph(torch.nn.Module):
             pk, pv = (next(it), next(it)) if block.nh > 0 else (None, None)
             h, kv = block(h, cos, sin, bias, keep, pk, pv, T)
             outputs += kv
-        logits = self.lm_head(self.norm(h))  # (1, T, V)
+        if self.tied:
+            logits = self.norm(h) @ self.table_t  # (1, T, V)
+        else:
+            logits = self.lm_head(self.norm(h))  # (1, T, V)
         return (logits, *outputs)
 
     def dummy_inputs(self, T: int, past_len: int) -> tuple:

@@ -14,14 +14,20 @@ from .base import KVCacheLM
 class LlamaCppLM(KVCacheLM):
     name = "llama.cpp"
 
+    KV_TYPES = {"f16": 1, "f32": 0}  # GGML type ids
+
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 label: str = "host-measured"):
+                 label: str = "host-measured", kv_cache_type: str = "f16"):
+        """``kv_cache_type``: llama.cpp's default f16 cache (what applications run), or f32 to compare
+        an F32 file exactly with PyTorch (an f16 cache alone moves logits by ~0.05)."""
         from llama_cpp import Llama
 
         self.path = Path(path)
         self.label = label
+        kv = self.KV_TYPES[kv_cache_type]
         self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, n_batch=512)
+                         n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, n_batch=512,
+                         type_k=kv, type_v=kv)
         self.eos = self.llm.token_eos()
 
     def _eval(self, ids: Sequence[int], keep: int = 0) -> np.ndarray:

@@ -102,3 +102,18 @@ def test_op_coverage_flags_ops_missing_from_the_table(pruned, tmp_path):
     assert any("mlp" in n for n in rep["unsupported"]["ai.onnx:Sigmoid"]["nodes"])
     with pytest.raises(ConfigError, match="not found"):
         load_op_table("no-such-npu")
+
+
+def test_tied_embedding_table_is_stored_once(tmp_path):
+    """SmolLM2 ties its output layer to the embeddings: the explicit-cache graph keeps one table."""
+    model = make_tiny_llama(tie_word_embeddings=True)
+    model.tie_weights()
+    for layout, kw in (("dynamic", {}), ("static", {"tokens": 4, "cache": 16})):
+        path = tmp_path / f"{layout}.onnx"
+        export_kv_graph(model, path, layout, **kw)
+        tables = [t for t in onnx.load(str(path)).graph.initializer if model.config.vocab_size in t.dims]
+        assert len(tables) == 1
+    ids = list(range(5, 17))
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(OnnxCausalLM(tmp_path / "dynamic.onnx").logits(ids) - ref).max() < 1e-4
