@@ -287,14 +287,14 @@ def build_cmd(
     _setup_logging(verbose)
     from device_profiles import load_profile
 
-    from .config import BudgetConfig, PruneConfig
+    from .config import BudgetConfig, replace
     from .pipeline import BuildConfig, build, plan
 
     try:
         prof = load_profile(device)
         pr = prof.prune
-        pr = PruneConfig(method=method or pr.method, sparsity=pr.sparsity if sparsity is None else sparsity,
-                         pattern=pattern or pr.pattern)
+        pr = replace(pr, method=method or pr.method, sparsity=pr.sparsity if sparsity is None else sparsity,
+                     pattern=pattern or pr.pattern)  # keeps the profile's other prune settings
         b = prof.budget
         b = BudgetConfig(problems=budget_problems or b.problems, tokens_per_problem=budget_tokens or b.tokens_per_problem,
                          seconds=b.seconds if budget_seconds is None else budget_seconds)

@@ -91,6 +91,7 @@ class PruneConfig:
     min_heads: int = 1  # query heads every layer keeps (0 allows attention-free layers)
     channel_group: int = 32  # MLP channels removed together (quantization blocks stay whole)
     channel_refine: float = 0.1  # share of channel groups re-scored by exact masking
+    steps: int = 1  # structured cap: remove the budget in this many steps, re-estimating scores between
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -107,6 +108,8 @@ class PruneConfig:
             raise ConfigError(f"min_heads: expected an integer >= 0, got {self.min_heads!r}")
         if not isinstance(self.channel_group, int) or self.channel_group < 1:
             raise ConfigError(f"channel_group: expected a positive integer, got {self.channel_group!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps: expected an integer >= 1, got {self.steps!r}")
         if not 0 <= self.channel_refine <= 1:
             raise ConfigError(f"channel_refine: expected a value in [0, 1], got {self.channel_refine!r}")
 

@@ -52,10 +52,16 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
     opts = dict(runtime_options or {})
     if fmt.startswith("onnx"):
         opts.setdefault("eos_token_id", tok.eos_token_id)
-    if fmt == "gguf" and precision == "f32":
+    greedy_ref = None
+    if fmt == "gguf" and precision in ("f32", "f16"):
         opts["kv_cache_type"] = "f32"  # validate the file, not llama.cpp's f16 cache
+        if precision == "f16":
+            from exporters.validate import rounded_reference
+
+            greedy_ref = rounded_reference(model)
     runtime = load_runtime(fmt, art.path, **opts)
-    art.validation = validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False)
+    art.validation = validate(runtime, model, tok, fmt, precision, art.path, raise_on_fail=False, greedy_reference=greedy_ref)
+    art.validation["kv_cache_type"] = opts.get("kv_cache_type", "runtime default")
     art.valid = art.validation["passed"]
     if not art.valid:
         f = art.validation["failures"][0]

@@ -31,7 +31,8 @@ def build_report_md(m: dict) -> str:
         acc_s = f"{acc['acc']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}, {acc['chance']:.3f})" if acc else "-"
         lines.append(
             f"| {a['format']}:{a['precision']} | {_mb(a['bytes'])} | {_mb(a['compressed_bytes'])} | {a['valid']} | "
-            f"{v['metric']} = {v[v['metric']]:.3g} ({v['tolerance']}) | {v['top1_agreement']:.3f} | {acc_s} | "
+            f"{v['metric']} = {v[v['metric']]:.3g} ({v['tolerance']}) | {v['top1_agreement']:.3f} "
+            f"({v.get('top1_agreement_decisive', v['top1_agreement']):.3f} decisive) | {acc_s} | "
             f"{lat.get('ttft_s', {}).get('median', float('nan')):.3f} | {lat.get('decode_tok_s', {}).get('median', float('nan')):.1f} | "
             f"{lat.get('peak_rss_mb', float('nan')):.0f} |")
     lines += ["", f"## {m['device']} target (estimated: roofline lower bounds from the profile's hardware figures)", "",
@@ -41,6 +42,14 @@ def build_report_md(m: dict) -> str:
         if e:
             lines.append(f"| {a['format']}:{a['precision']} | {e['decode_tok_s_max']:.1f} | {e['ttft_s_min']:.4f} | "
                          f"{e['sparsity_credited']} | {e['tops_used']} | {e['bandwidth_gbs']} |")
+    cov = [(a, g, c) for a in m["artifacts"] for g, c in (a.get("metadata", {}).get("op_coverage") or {}).items()]
+    if cov:
+        lines += ["", "## Op coverage (will the graphs run on the target execution provider?)", "",
+                  "| artifact | graph | table | ops | unsupported (count: first nodes) |", "|---|---|---|---|---|"]
+        for a, g, c in cov:
+            bad = "; ".join(f"{op} x{v['count']}: {', '.join(v['nodes'])}" for op, v in c["unsupported"].items()) or "none"
+            lines.append(f"| {a['format']}:{a['precision']} | {g} | {c['table']} | {sum(c['ops'].values())} | {bad} |")
+        lines.append(f"\nTable source: {cov[0][2]['source']}")
     if m.get("invalid_artifacts"):
         lines += ["", "## Invalid artifacts (kept, marked invalid in manifest.json)", ""] + [f"- {s}" for s in m["invalid_artifacts"]]
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]

@@ -279,7 +279,7 @@ class ScoringEngine:
         out = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
         return out.index_add_(0, b.ans_row.to(ids.device), nll)
 
-    def attribution_effects(self, target: str = "heads") -> torch.Tensor:
+    def attribution_effects(self, target: str = "heads", fixed: dict | None = None) -> torch.Tensor:
         """First-order estimate of masked - intact loss per (layer, unit, subset): (L, H, K).
 
         A gate g (N, H) of ones multiplies each unit's output (a head's slice of o_proj's input, or
@@ -290,10 +290,19 @@ class ScoringEngine:
         L = len(self.dec.layers)
         H, width = self.units(target)
         N = self.batch.n
-        gates = [torch.ones(N, H, device=self.dec.device, requires_grad=True) for _ in range(L)]
+        fixed = fixed or {}
+        # ``fixed`` = {target: (L, units) 0/1 mask}: units already removed stay masked, so the
+        # estimates are for the model as it is now (iterative structured pruning)
+        base = fixed.get(target)
+        gates = [(base[l].to(self.dec.device).float() if base is not None else torch.ones(H, device=self.dec.device))
+                 .expand(N, H).clone().requires_grad_(True) for l in range(L)]
         with contextlib.ExitStack() as stack:
             for l in range(L):
                 stack.enter_context(head_gate(self.dec.gated(target, l), gates[l], width))
+                for other, mask in fixed.items():
+                    if other != target:
+                        _, w = self.units(other, l)
+                        stack.enter_context(head_gate(self.dec.gated(other, l), mask[l].float().expand(N, -1), w))
             with torch.enable_grad():
                 h0 = self.dec.embed(self.batch.input_ids.to(self.dec.device))
                 hf = self.dec.run(h0, 0)

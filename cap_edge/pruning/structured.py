@@ -10,7 +10,7 @@ import torch
 from ..arch import head_geometry
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..scoring import score_matrix
+from ..scoring import ScoringEngine, score_matrix
 from ..structure import apply_structure, is_structured, magnitude_unit_scores, plan_structure
 
 
@@ -23,6 +23,23 @@ def _matrix(result: dict | None, what: str, shape: tuple[int, int]) -> torch.Ten
     if tuple(m.shape) != shape:
         raise ConfigError(f"CAP {what} scores are for {tuple(m.shape)}; the model has {shape}")
     return m
+
+
+def _part(budget, step: int, steps: int):
+    """The cumulative budget after ``step`` of ``steps`` (an int, or a per-kind dict)."""
+    if isinstance(budget, dict):
+        return {k: int(round(v * step / steps)) for k, v in budget.items()}
+    return int(round(budget * step / steps))
+
+
+def _masks(layers, num_heads: int, groups: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 masks (L, H) of kept heads and (L, groups) of kept channel groups."""
+    h = torch.zeros(len(layers), num_heads)
+    c = torch.zeros(len(layers), groups)
+    for l, st in enumerate(layers):
+        h[l, list(st.heads)] = 1
+        c[l, sorted({ch // group for ch in st.channels})] = 1
+    return h, c
 
 
 def _kind_sizes(model) -> dict:
@@ -38,7 +55,7 @@ def _kind_sizes(model) -> dict:
 
 @torch.no_grad()
 def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, channel_scores: dict | None = None,
-                     split: dict | None = None) -> dict:
+                     split: dict | None = None, batch=None) -> dict:
     """Remove ``cfg.sparsity`` of all parameters as whole heads and MLP channel groups.
 
     ``split`` = {"attn": n, "mlp": n} fixes how many parameters each kind gives up (used to compare
@@ -64,8 +81,22 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
         # would empty one kind first: split it in proportion to each kind's parameters instead
         sizes = _kind_sizes(model)
         budget = {k: int(round(budget * v / (sizes["attn"] + sizes["mlp"]))) for k, v in sizes.items()}
-    layers = plan_structure(hs, cs, num_kv=geom.num_kv_heads, hidden=hidden, head_dim=geom.head_dim,
-                            group=cfg.channel_group, remove_params=budget, min_heads=cfg.min_heads, scope=cfg.scope)
+    plan = dict(num_kv=geom.num_kv_heads, hidden=hidden, head_dim=geom.head_dim, group=cfg.channel_group,
+                min_heads=cfg.min_heads, scope=cfg.scope)
+    layers = plan_structure(hs, cs, remove_params=_part(budget, 1, cfg.steps if cfg.method == "cap" else 1), **plan)
+    steps = cfg.steps if cfg.method == "cap" else 1  # re-estimation uses CAP's attribution
+    for step in range(2, steps + 1):
+        # scores of single units do not add up once many are gone: re-estimate the survivors on the
+        # model as pruned so far (first-order, one forward + backward per kind), then extend the plan
+        if batch is None:
+            raise ConfigError("iterative structured pruning (steps > 1) needs the calibration batch")
+        hmask, cmask = _masks(layers, geom.num_heads, width // cfg.channel_group, cfg.channel_group)
+        eng = ScoringEngine(model, batch, 3, channel_group=cfg.channel_group)
+        fixed = {"heads": hmask, "channels": cmask}
+        hs = eng.attribution_effects("heads", fixed).median(dim=-1).values.float()
+        cs = eng.attribution_effects("channels", fixed).median(dim=-1).values.float()
+        hs[hmask == 0], cs[cmask == 0] = -1e6, -1e6  # gone stays gone
+        layers = plan_structure(hs, cs, remove_params=_part(budget, step, steps), **plan)
     before = _kind_sizes(model)
     sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
     after = _kind_sizes(model)
