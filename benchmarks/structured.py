@@ -35,26 +35,50 @@ from cap_edge.tasks import calibration_problems, check_disjoint, load_split
 WORK = Path("runs/structured-bench")
 
 
-def measure(model_dir: Path, name: str, args, reference) -> dict:
+def export_all(model_dir: Path, name: str, reference) -> dict:
+    """Export + validate both formats; an invalid artifact is kept (and timed later, flagged)."""
+    import json
+
     out = WORK / f"{name}-artifacts"
     shutil.rmtree(out, ignore_errors=True)
     res = {}
     for fmt, prec in (("gguf", "q8_0"), ("onnx", "fp32")):
         t = time.perf_counter()
         try:
-            art = export_artifact(model_dir, fmt, prec, out, reference=reference)
+            export_artifact(model_dir, fmt, prec, out, reference=reference)
         except ValidationError as e:
-            res[fmt] = {"precision": prec, "valid": False, "error": str(e)}
-            continue
-        export_s = time.perf_counter() - t
-        lat = measure_artifact(fmt, art.path, args.prompt_tokens, args.gen_tokens, args.runs)
-        v = art.validation
-        res[fmt] = {"precision": prec, "valid": True, "bytes": art.bytes, "compressed_bytes": art.compressed_bytes,
-                    "export_seconds": export_s, "mean_kl": v["mean_kl"], "top1_agreement": v["top1_agreement"], "top1_decisive": v["top1_agreement_decisive"],
-                    "arch": art.metadata.get("gguf_arch"), **lat}
-        print(f"  {fmt}:{prec} valid, {art.bytes / 1e6:.1f} MB, decode {lat['decode_tok_s']['median']:.1f} tok/s, "
-              f"prefill {lat['prefill_tok_s']['median']:.1f} tok/s, RSS {lat.get('peak_rss_mb', float('nan')):.0f} MB", flush=True)
+            print(f"  {fmt}:{prec} INVALID: {e}", flush=True)
+        entry = next(a for a in json.loads((out / "manifest.json").read_text())["artifacts"]
+                     if a["format"] == fmt and a["precision"] == prec)
+        v = entry["validation"]
+        res[fmt] = {"precision": prec, "valid": entry["valid"], "path": entry["path"], "bytes": entry["bytes"],
+                    "compressed_bytes": entry["compressed_bytes"], "export_seconds": time.perf_counter() - t,
+                    "mean_kl": v["mean_kl"], "max_abs_logit_diff": v["max_abs_logit_diff"],
+                    "top1_agreement": v["top1_agreement"], "top1_decisive": v.get("top1_agreement_decisive"),
+                    "failures": v.get("failures", []), "arch": entry["metadata"].get("gguf_arch")}
     return res
+
+
+def time_all(rows: list[dict], args) -> None:
+    """Interleaved rounds: every artifact once per round, so machine drift hits all of them alike;
+    per artifact the median over rounds of each round's median."""
+    import statistics
+
+    samples = {}
+    for rnd in range(args.rounds):
+        for r in rows:
+            for fmt in ("gguf", "onnx"):
+                a = r[fmt]
+                lat = measure_artifact(fmt, a["path"], args.prompt_tokens, args.gen_tokens, args.runs)
+                samples.setdefault((r["name"], fmt), []).append(lat)
+        print(f"timing round {rnd + 1}/{args.rounds} done", flush=True)
+    for r in rows:
+        for fmt in ("gguf", "onnx"):
+            lats = samples[(r["name"], fmt)]
+            for key in ("decode_tok_s", "prefill_tok_s", "ttft_s"):
+                vals = [x[key]["median"] for x in lats]
+                r[fmt][key] = {"median": statistics.median(vals), "rounds": vals}
+            r[fmt]["peak_rss_mb"] = max(x["peak_rss_mb"] for x in lats)
 
 
 def main():
@@ -65,7 +89,8 @@ def main():
     ap.add_argument("--channel-refine", type=float, default=0.1)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--gen-tokens", type=int, default=64)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -90,7 +115,7 @@ def main():
     dense_params = sum(p.numel() for p in lm.model.parameters())
     print("dense", flush=True)
     dense = {"name": "dense", "method": None, "level": 0.0, "params": dense_params, **accuracy(lm.model, lm.tokenizer),
-             **measure(lm.path, "dense", args, (lm.model, lm.tokenizer))}
+             **export_all(lm.path, "dense", (lm.model, lm.tokenizer))}
     rows.append(dense)
     for level in args.levels:
         split = None
@@ -105,13 +130,13 @@ def main():
             d = save_pruned(fresh.model, fresh.tokenizer, WORK / name, rep, overwrite=True)
             row = {"name": name, "method": method, "level": level, "params": rep["params_after"],
                    "achieved": rep["achieved_sparsity"], "removed": rep["removed"], "sizes": rep["sizes"],
-                   **accuracy(fresh.model, fresh.tokenizer), **measure(d, name, args, (fresh.model, fresh.tokenizer))}
+                   **accuracy(fresh.model, fresh.tokenizer), **export_all(d, name, (fresh.model, fresh.tokenizer))}
             print(f"  acc {row['acc']:.3f} CE {row['answer_ce']:.3f}", flush=True)
             rows.append(row)
 
+    time_all(rows, args)
+
     def ratio(r, fmt, key):
-        if not (r.get(fmt, {}).get("valid") and dense.get(fmt, {}).get("valid")):
-            return None
         return r[fmt][key]["median"] / dense[fmt][key]["median"]
 
     for r in rows:
@@ -121,14 +146,20 @@ def main():
     def f(x, spec=".3f"):
         return "—" if x is None else format(x, spec)
 
+    def valid(r, fmt):
+        a = r[fmt]
+        return "yes" if a["valid"] else f"no (KL {a['mean_kl']:.2f}, max diff {a['max_abs_logit_diff']:.3g})"
+
     md = table([[r["name"], f"{1 - r['params'] / dense_params:.3f}", f"{r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
-                 f(r["answer_ce"]), f(r["gguf"].get("decode_tok_s", {}).get("median"), ".1f"),
-                 f(r["vs_dense"]["gguf_decode"], ".2f") + "×", f(r["gguf"].get("prefill_tok_s", {}).get("median"), ".0f"),
-                 f(r["onnx"].get("decode_tok_s", {}).get("median"), ".1f"), f(r["vs_dense"]["onnx_decode"], ".2f") + "×",
-                 f(r["onnx"].get("ttft_s", {}).get("median"), ".3f"),
-                 f(r["gguf"].get("peak_rss_mb"), ".0f"), f(r["gguf"].get("bytes", 0) / 1e6, ".1f")] for r in rows],
+                 f(r["answer_ce"]), f(r["gguf"]["decode_tok_s"]["median"], ".1f"), f(r["vs_dense"]["gguf_decode"], ".2f") + "×",
+                 f(r["gguf"]["prefill_tok_s"]["median"], ".0f"), f(r["vs_dense"]["gguf_prefill"], ".2f") + "×", valid(r, "gguf"),
+                 f(r["onnx"]["decode_tok_s"]["median"], ".1f"), f(r["vs_dense"]["onnx_decode"], ".2f") + "×",
+                 f(r["onnx"]["ttft_s"]["median"], ".3f"), valid(r, "onnx"),
+                 f(r["gguf"]["peak_rss_mb"], ".0f"), f(r["onnx"]["peak_rss_mb"], ".0f"),
+                 f(r["gguf"]["bytes"] / 1e6, ".1f"), f(r["onnx"]["bytes"] / 1e6, ".1f")] for r in rows],
                ["model", "params removed", "acc [95% CI]", "answer CE", "llama.cpp decode tok/s", "vs dense",
-                "llama.cpp prefill tok/s", "ORT decode tok/s", "vs dense", "ORT TTFT s", "llama.cpp RSS MB", "Q8_0 MB"])
+                "llama.cpp prefill tok/s", "vs dense", "Q8_0 valid", "ORT decode tok/s", "vs dense", "ORT TTFT s",
+                "ONNX fp32 valid", "llama.cpp RSS MB", "ORT RSS MB", "Q8_0 MB", "ONNX MB"])
     print(md)
     write_result("structured", {
         "command": "python benchmarks/structured.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
@@ -137,8 +168,10 @@ def main():
         "head_scores": {"cache_key": heads["hashes"]["cache_key"], "seconds": heads.get("seconds"), "mode": heads["mode"]},
         "channel_scores": {"cache_key": channels["hashes"]["cache_key"], "seconds": channels.get("seconds"),
                            "refined_units": channels.get("refined_units"), "group": channels.get("group")},
-        "note": "host-measured on this machine's CPU; speed ratios from one run, side by side; llama.cpp Q8_0 "
-                "(deci architecture for pruned models), ONNX Runtime fp32 CPU EP",
+        "note": "host-measured on this machine's CPU; every artifact timed once per round, rounds interleaved, "
+                "median over rounds; invalid artifacts are timed too and flagged (their speed is the runtime's on "
+                "those shapes, their numbers are not trusted); llama.cpp Q8_0 (deci architecture for pruned "
+                "models), ONNX Runtime fp32 CPU EP",
         "rows": rows, "table_md": md, "seconds": time.perf_counter() - t_all})
 
 

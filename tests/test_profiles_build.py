@@ -121,3 +121,51 @@ def test_build_end_to_end_on_tiny_model(tiny_dir, tmp_path):
     # a second build reuses cached scores and the cached pruned model
     m2 = build(BuildConfig(**{**cfg.__dict__, "overwrite": True}), progress=False)
     assert m2["scores"]["cache_hit"] and m2["pruned"]["cache_hit"]
+
+
+def _npu_profile(tmp_path, table="qnn-htp", on_unsupported="fail"):
+    import dataclasses
+
+    p = load_profile("mobile-npu")
+    export = dataclasses.replace(p.export, formats=("onnx-static",), static_precisions=("fp32",), static_chunk=8,
+                                 op_table=table, unsupported_ops=on_unsupported)
+    runtime = dataclasses.replace(p.runtime, context_length=512, onnx_providers=("CPUExecutionProvider",))
+    return dataclasses.replace(p, export=export, runtime=runtime)
+
+
+def test_static_build_on_tiny_model_reports_op_coverage_and_accuracy(tiny_dir, tmp_path):
+    cfg = BuildConfig(profile=_npu_profile(tmp_path), out=str(tmp_path / "b"), model=str(tiny_dir), eval_per_family=1,
+                      budget=BudgetConfig(problems=6, tokens_per_problem=40), prompt_tokens=8, gen_tokens=4, runs=1)
+    m = build(cfg, progress=False)
+    assert m["status"] == "complete"
+    (a,) = m["artifacts"]
+    assert a["format"] == "onnx-static" and a["valid"] and a["validation"]["greedy_equal"]
+    assert a["accuracy"]["runtime"] == "onnxruntime-static" and a["accuracy"]["overall"]["n"] == 10
+    assert a["metadata"]["op_coverage"]["decode"]["ok"] and len(a["files"]) == 2
+    assert "Op coverage" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_static_build_fails_on_an_op_missing_from_the_table(tiny_dir, tmp_path):
+    from cap_edge.errors import CapEdgeError
+
+    table = tmp_path / "npu-ops.toml"
+    from exporters.op_coverage import OPS_DIR
+
+    src = (OPS_DIR / "qnn-htp.toml").read_text()
+    table.write_text(src.replace('"ai.onnx:Softmax" = ""\n', "").replace('"ai.onnx:Sigmoid" = ""\n', ""))
+    cfg = BuildConfig(profile=_npu_profile(tmp_path, str(table)), out=str(tmp_path / "b"), model=str(tiny_dir),
+                      eval_per_family=1, budget=BudgetConfig(problems=6, tokens_per_problem=40), runs=1)
+    with pytest.raises(CapEdgeError, match="ai.onnx:Sigmoid x2"):
+        build(cfg, progress=False)
+
+
+def test_structured_build_on_tiny_model(tiny_dir, tmp_path):
+    prof = load_profile("cpu")
+    cfg = BuildConfig(profile=prof, out=str(tmp_path / "s"), model=str(tiny_dir), eval_per_family=1,
+                      prune=PruneConfig(method="cap", pattern="structured", sparsity=0.1, channel_refine=0.5),
+                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
+    m = build(cfg, progress=False)
+    assert m["status"] == "complete" and m["pruned"]["pattern"] == "structured"
+    assert m["channel_scores"]["cache_key"] and m["pruned"]["achieved_sparsity"] >= 0.1
+    gg = next(a for a in m["artifacts"] if a["format"] == "gguf")
+    assert gg["metadata"]["gguf_arch"] == "deci"
