@@ -93,7 +93,7 @@ def measure_artifact(fmt: str, path: str | Path, prompt_tokens: int, gen_tokens:
 
 
 BYTES_PER_PARAM = {"fp32": 4.0, "f32": 4.0, "fp16": 2.0, "f16": 2.0, "int8": 1.0, "q8_0": 34 / 32, "int4": 0.5 + 2 / 32,
-                   "q4_0": 18 / 32}
+                   "q4_0": 18 / 32, "qdq8": 1.0, "qdq16": 1.0}  # QDQ: int8 weights (float-kept nodes not counted)
 
 
 def param_count(model_dir_or_config) -> int:
