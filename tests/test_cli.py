@@ -90,3 +90,17 @@ def test_eval_on_embedded_model_small_budget(tmp_path, monkeypatch):
     d = json.loads(out.read_text())
     assert d["model"].startswith("embedded:") and d["overall"]["n"] == 6
     assert 0 <= d["overall"]["acc"] <= 1 and d["overall"]["answer_ce"] > 0
+
+
+def test_prune_structured_cli_writes_reloadable_smaller_model(tiny_dir, tmp_path):
+    from cap_edge.models import load_model
+
+    out = tmp_path / "st"
+    r = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--method", "cap", "--pattern", "structured",
+                            "--sparsity", "0.1", "--samples", "6", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "heads per layer" in r.output
+    rep = json.loads((out / "sparsity.json").read_text())
+    assert rep["pattern"] == "structured" and rep["achieved_sparsity"] >= 0.1 and rep["channel_scores"]
+    lm = load_model(str(out), device="cpu")
+    assert sum(p.numel() for p in lm.model.parameters()) == rep["params_after"]
