@@ -111,3 +111,19 @@ def test_non_llama_or_missing_tokenizer_is_clear(pruned_dir, tmp_path):
         from exporters import get_exporter
 
         get_exporter("onnx", "q4_0")
+
+
+def test_q4_0_keeps_sensitive_tensors_q8_0(pruned_dir, tmp_path):
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFReader
+
+    from exporters.gguf import Q4_0_WIDE, export_gguf
+
+    mixed = export_gguf(pruned_dir, tmp_path / "m", "q4_0")
+    types = {t.name: t.tensor_type for t in GGUFReader(mixed.path).tensors}
+    assert types["blk.0.attn_q.weight"] == Q.Q4_0 and types["blk.0.ffn_up.weight"] == Q.Q4_0
+    assert all(types[f"blk.0.{n}.weight"] == Q.Q8_0 for n in Q4_0_WIDE)
+    assert mixed.metadata["q8_0_tensors"] == list(Q4_0_WIDE)
+    pure = export_gguf(pruned_dir, tmp_path / "p", "q4_0", wide=())
+    blk = [t for t in GGUFReader(pure.path).tensors if t.name.startswith("blk.") and "norm" not in t.name]
+    assert blk and all(t.tensor_type == Q.Q4_0 for t in blk)
