@@ -247,11 +247,11 @@ def load_model(
 def _load_placed(path: Path, dtype, attn_implementation, device_map):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .structure import CONFIG_KEY
+    from .structure import is_structured
 
     if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
         raise ModelLoadError(f"device_map: expected auto, balanced, balanced_low_0, sequential or a dict; got {device_map!r}")
-    if getattr(AutoConfig.from_pretrained(path), CONFIG_KEY, None):
+    if is_structured(AutoConfig.from_pretrained(path)):
         raise ModelLoadError("device_map placement of a structurally pruned model is not supported; load it on one device")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if isinstance(device_map, dict) and "disk" in device_map.values():  # layers streamed from disk

@@ -102,12 +102,12 @@ def param_count(model_dir_or_config) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = model_dir_or_config if not isinstance(model_dir_or_config, (str, Path)) else AutoConfig.from_pretrained(model_dir_or_config)
-    from .structure import CONFIG_KEY, shape_model
+    from .structure import is_structured, layer_sizes, shape_model
 
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(cfg)
-        if getattr(cfg, CONFIG_KEY, None):
-            shape_model(m, getattr(cfg, CONFIG_KEY))
+        if is_structured(cfg):
+            shape_model(m, layer_sizes(cfg))
     return sum(p.numel() for p in m.parameters())
 
 
@@ -209,13 +209,10 @@ def runtime_options(rt: dict, eos_token_id: int | None) -> dict[str, dict]:
 def static_options(cfg: BuildConfig, calib, tokenizer) -> dict:
     """Fixed-shape export settings from the profile; calibration = the sequences CAP scored
     (prompt + gold answer, cut to the budget's tokens per problem like the scoring batch)."""
-    from .prompts import encode_pair
+    from exporters.onnx_static import calibration_sequences
 
     e, budget = cfg.profile.export, cfg.budget_cfg
-    seqs = []
-    for p in calib[: budget.problems]:
-        ctx, ans = encode_pair(tokenizer, p, p.answer)
-        seqs.append((ctx + ans)[-budget.tokens_per_problem:])
+    seqs = calibration_sequences(tokenizer, calib[: budget.problems], budget.tokens_per_problem)
     return {"chunk": e.static_chunk, "context": cfg.profile.runtime.context_length, "keep_float": tuple(e.keep_float),
             "calibration": seqs, "op_table": e.op_table or None}
 

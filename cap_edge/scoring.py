@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .arch import arch_for, get_module, head_geometry
-from .config import BudgetConfig, ScoreConfig
+from .config import BudgetConfig, ScoreConfig, replace
 from .errors import ConfigError, ScoringIncomplete, TaskError
 from .io import cache_dir, sha256_json, write_json
 from .prompts import encode_pair
@@ -478,18 +478,25 @@ def heatmap_png(result: dict, path) -> None:
     plt.close(fig)
 
 
-def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig, budget: BudgetConfig | None = None,
-                *, force: bool = False, progress: bool = True, model_fp: str | None = None,
-                distributed: bool = False, head_group: int | None = None) -> dict | None:
-    """Calibration batch -> cache key -> scores (reused when cached unless ``force``)."""
+def _calibrate(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig, budget: BudgetConfig,
+               model_fp: str | None) -> tuple[CalibBatch, str, torch.dtype, str]:
+    """Calibration batch, model fingerprint, dtype and the head-score cache key (shared by head and
+    channel scoring)."""
     from .models import model_fingerprint
 
-    budget = budget or BudgetConfig()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = build_calib_batch(tokenizer, problems, cfg.subsets, budget, pad_id=pad)
     model_fp = model_fp or model_fingerprint(model)
     dtype = next(model.parameters()).dtype
-    key = scores_cache_key(model_fp, batch, cfg, dtype)
+    return batch, model_fp, dtype, scores_cache_key(model_fp, batch, cfg, dtype)
+
+
+def score_heads(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConfig, budget: BudgetConfig | None = None,
+                *, force: bool = False, progress: bool = True, model_fp: str | None = None,
+                distributed: bool = False, head_group: int | None = None) -> dict | None:
+    """Calibration batch -> cache key -> scores (reused when cached unless ``force``)."""
+    budget = budget or BudgetConfig()
+    batch, model_fp, dtype, key = _calibrate(model, tokenizer, problems, cfg, budget, model_fp)
     if distributed:
         if cfg.mode != "exact":
             raise ConfigError(f"distributed scoring runs the exact mode; got {cfg.mode!r}")
@@ -534,15 +541,9 @@ def score_channels(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConf
     """CAP scores of MLP channel groups (``group`` consecutive intermediate channels, masked at
     down_proj's input): a first-order ranking for every group (one forward + backward), then the
     ``refine_fraction`` least certain groups re-scored by exact masking. Cached like head scores."""
-    from .models import model_fingerprint
-
     budget = budget or BudgetConfig()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = build_calib_batch(tokenizer, problems, cfg.subsets, budget, pad_id=pad)
-    model_fp = model_fp or model_fingerprint(model)
-    dtype = next(model.parameters()).dtype
-    key = sha256_json({"scores": scores_cache_key(model_fp, batch, cfg, dtype), "target": "channels",
-                       "group": group, "refine": refine_fraction})
+    batch, model_fp, dtype, head_key = _calibrate(model, tokenizer, problems, cfg, budget, model_fp)
+    key = sha256_json({"scores": head_key, "target": "channels", "group": group, "refine": refine_fraction})
     path = cache_dir() / "scores" / f"{key}.json"
     if path.is_file() and not force:
         try:
@@ -563,7 +564,7 @@ def score_channels(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConf
               "intact_loss": {"subsets": [float(v) for v in intact], "all": float(engine.intact_rows.sum() / batch.tokens.sum())}}
     for l in range(L):
         result["layers"][str(l)] = [{**summarise_effects(attr[l, g]), "how": "attribution"} for g in range(G)]
-    _refine(engine, result, attr, replace_fraction(cfg, refine_fraction), progress, intact, target="channels")
+    _refine(engine, result, attr, replace(cfg, refine_fraction=refine_fraction), progress, intact, target="channels")
     result["complete"] = True
     result["seconds"] = time.perf_counter() - t0
     result["layer_forwards"] = engine.forwards
@@ -571,12 +572,6 @@ def score_channels(model, tokenizer, problems: Sequence[Problem], cfg: ScoreConf
     write_json(path, result)
     result["cache_hit"] = False
     return result
-
-
-def replace_fraction(cfg: ScoreConfig, fraction: float) -> ScoreConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, refine_fraction=fraction)
 
 
 def ranked_heads(result: dict) -> list[tuple[int, int, float]]:

@@ -31,9 +31,9 @@ class LayerStructure:
     kv_heads: tuple[int, ...]  # kept K/V heads (original indices)
     channels: tuple[int, ...]  # kept MLP intermediate channels (original indices)
 
-    @property
-    def group(self) -> int:
-        return len(self.heads) // len(self.kv_heads) if self.kv_heads else 0
+    def channel_groups(self, group: int) -> list[int]:
+        """Indices of the kept groups of ``group`` consecutive MLP channels."""
+        return sorted({c // group for c in self.channels})
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def apply_structure(model, layers: list[LayerStructure], allow_empty: bool = Fal
     decoder = get_module(model, spec.layers)
     if len(layers) != len(decoder):
         raise ConfigError(f"structure has {len(layers)} layers, the model {len(decoder)}")
-    if getattr(model.config, CONFIG_KEY, None):
+    if is_structured(model.config):
         raise ConfigError("the model is already structurally pruned; prune the original model instead")
     hd = geom.head_dim
     if not allow_empty:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+# shipped beside model.onnx so optimum's ORTModelForCausalLM and tokenizers load the directory
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _save(model, path: Path) -> list[Path]:
@@ -54,8 +56,7 @@ def _fp32_export(model_dir: Path, work: Path) -> Path:
 
         work.mkdir(parents=True, exist_ok=True)
         export_kv_graph(load_weights(model_dir, torch.float32), work / "model.onnx", "dynamic")
-        for extra in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json"):
+        for extra in SIDE_FILES:
             if (model_dir / extra).is_file():
                 shutil.copy(model_dir / extra, work / extra)
         return work / "model.onnx"
@@ -111,8 +112,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp
         files = _save(m, final)
         zeros = pruned_zeros_kept(src, final) if precision in ("int8", "int4") else None
         placed = move_into(files, out_dir)
-        for extra in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json"):
+        for extra in SIDE_FILES:
             if (src.parent / extra).is_file() and not (out_dir / extra).exists():
                 shutil.copy(src.parent / extra, out_dir / extra)
     meta = dict(metadata or {})

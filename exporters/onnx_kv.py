@@ -41,9 +41,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class _Block(torch.nn.Module):
     """One decoder layer with the attention written out (its modules shared with the model)."""
 
-    def __init__(self, layer, spec, nh: int, nkv: int, ff: int, hd: int, layout: str, static):
+    def __init__(self, layer, spec, nh: int, nkv: int, ff: int, hd: int, static: bool):
         super().__init__()
-        self.nh, self.nkv, self.ff, self.hd, self.layout, self.static = nh, nkv, ff, hd, layout, static
+        self.nh, self.nkv, self.ff, self.hd, self.static = nh, nkv, ff, hd, static
         if nh > 0:
             self.input_norm = get_module(layer, spec.input_norm)
             self.q, self.k = get_module(layer, spec.q), get_module(layer, spec.k)
@@ -52,7 +52,8 @@ class _Block(torch.nn.Module):
             self.post_norm = get_module(layer, spec.post_attn_norm)
             self.mlp = get_module(layer, spec.mlp)
 
-    def forward(self, h, cos, sin, bias, keep, pk, pv, T):
+    def forward(self, h, cos, sin, mask, pk, pv, T):
+        """mask (1, 1, T, S): 0/1 to multiply (static) or 0/-inf to add (dynamic)."""
         kv = []
         if self.nh > 0:
             nh, nkv, hd = self.nh, self.nkv, self.hd
@@ -63,7 +64,7 @@ class _Block(torch.nn.Module):
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             K = torch.cat([pk, k], dim=2)  # (1, kv, S, hd)
             V = torch.cat([pv, v], dim=2)
-            kv = [K, V] if self.layout == "dynamic" else [k, v]
+            kv = [k, v] if self.static else [K, V]
             r = nh // nkv
             if r > 1:  # grouped-query attention: query head j reads K/V head j // r
                 idx = torch.arange(nh, device=h.device) // r  # constant (nh,)
@@ -74,10 +75,10 @@ class _Block(torch.nn.Module):
                 # Masked softmax by multiplication: an additive -inf (or -1e4) mask would make the
                 # quantizer's calibrated range of the scores useless; every tensor here stays
                 # bounded (exp in [0, 1]), so a QDQ graph keeps the scores' resolution.
-                e = torch.exp(att - att.amax(dim=-1, keepdim=True)) * keep  # (1, nh, T, S)
+                e = torch.exp(att - att.amax(dim=-1, keepdim=True)) * mask  # (1, nh, T, S)
                 att = (e / (e.sum(dim=-1, keepdim=True) + 1e-20)).to(V.dtype)
             else:
-                att = torch.softmax(att + bias, dim=-1).to(V.dtype)
+                att = torch.softmax(att + mask, dim=-1).to(V.dtype)
             y = (att @ V).transpose(1, 2).reshape(1, T, nh * hd)  # (1, T, nh*hd)
             h = h + self.o(y)
         if self.ff > 0:
@@ -116,7 +117,7 @@ class KVGraph(torch.nn.Module):
         # one called module per layer, so exported node names carry the layer ("/blocks.3/q/MatMul")
         self.blocks = torch.nn.ModuleList(
             _Block(layer, spec, self.sizes["num_heads"][i], self.sizes["num_kv_heads"][i],
-                   self.sizes["intermediate_size"][i], self.hd, layout, self.static)
+                   self.sizes["intermediate_size"][i], self.hd, self.static is not None)
             for i, layer in enumerate(layers))
 
     def io_names(self) -> tuple[list[str], list[str]]:
@@ -140,13 +141,15 @@ class KVGraph(torch.nn.Module):
         key_pos = torch.arange(S, device=h.device)[None, :]  # (1, S)
         query_pos = P + torch.arange(T, device=h.device)[:, None]  # (T, 1)
         allowed = (key_pos <= query_pos) & (attention_mask[0][None, :] > 0)  # (T, S): causal and valid
-        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, S)
-        keep = allowed.float()[None, None]  # (1, 1, T, S)
+        if self.static:
+            mask = allowed.float()[None, None]  # (1, 1, T, S), multiplied inside the softmax
+        else:
+            mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, S), added
         outputs = []
         it = iter(past)
         for block in self.blocks:
             pk, pv = (next(it), next(it)) if block.nh > 0 else (None, None)
-            h, kv = block(h, cos, sin, bias, keep, pk, pv, T)
+            h, kv = block(h, cos, sin, mask, pk, pv, T)
             outputs += kv
         if self.tied:
             logits = self.norm(h) @ self.table_t  # (1, T, V)

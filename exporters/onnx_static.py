@@ -51,12 +51,13 @@ def dynamic_dims(path: str | Path) -> list[str]:
     return bad
 
 
-def calibration_sequences(model_dir: Path, tokenizer, problems: int = 32) -> list[list[int]]:
-    """The token sequences CAP calibrates on (prompt + gold answer, same formatting)."""
+def calibration_sequences(tokenizer, problems, tokens_per_problem: int | None = None) -> list[list[int]]:
+    """The token sequences CAP calibrates on: prompt + gold answer, same formatting, cut from the
+    left to ``tokens_per_problem`` like the scoring batch."""
     from cap_edge.prompts import encode_pair
-    from cap_edge.tasks import calibration_problems
 
-    return [ctx + ans for ctx, ans in (encode_pair(tokenizer, p, p.answer) for p in calibration_problems("embedded", problems))]
+    seqs = [ctx + ans for ctx, ans in (encode_pair(tokenizer, p, p.answer) for p in problems)]
+    return [s[-tokens_per_problem:] for s in seqs] if tokens_per_problem else seqs
 
 
 class _Reader:
@@ -162,7 +163,11 @@ def export_static(model_dir: str | Path, out_dir: str | Path, precision: str = "
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
             act = QuantType.QUInt8 if precision == "qdq8" else QuantType.QUInt16
-            seqs = list(calibration) if calibration is not None else calibration_sequences(model_dir, tok, calibration_problems)
+            if calibration is None:
+                from cap_edge.tasks import calibration_problems as embedded_calibration
+
+                calibration = calibration_sequences(tok, embedded_calibration("embedded", calibration_problems))
+            seqs = list(calibration)
             if not seqs:
                 raise ExportError("static quantization needs calibration sequences; got none")
             driver = StaticKVLM(fp32["prefill"])

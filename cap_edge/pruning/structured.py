@@ -38,7 +38,7 @@ def _masks(layers, num_heads: int, groups: int, group: int) -> tuple[torch.Tenso
     c = torch.zeros(len(layers), groups)
     for l, st in enumerate(layers):
         h[l, list(st.heads)] = 1
-        c[l, sorted({ch // group for ch in st.channels})] = 1
+        c[l, st.channel_groups(group)] = 1
     return h, c
 
 
@@ -75,16 +75,16 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
         cs = _matrix(channel_scores, "MLP channel", (geom.num_layers, width // cfg.channel_group))
     else:
         hs, cs = magnitude_unit_scores(model, cfg.channel_group)
+    before = _kind_sizes(model)
     budget = split if split is not None else int(round(cfg.sparsity * total))
     if split is None and cfg.method == "magnitude":
         # weight norms of heads and of channel groups are on unrelated scales, so one shared budget
         # would empty one kind first: split it in proportion to each kind's parameters instead
-        sizes = _kind_sizes(model)
-        budget = {k: int(round(budget * v / (sizes["attn"] + sizes["mlp"]))) for k, v in sizes.items()}
+        budget = {k: int(round(budget * v / (before["attn"] + before["mlp"]))) for k, v in before.items()}
     plan = dict(num_kv=geom.num_kv_heads, hidden=hidden, head_dim=geom.head_dim, group=cfg.channel_group,
                 min_heads=cfg.min_heads, scope=cfg.scope)
-    layers = plan_structure(hs, cs, remove_params=_part(budget, 1, cfg.steps if cfg.method == "cap" else 1), **plan)
     steps = cfg.steps if cfg.method == "cap" else 1  # re-estimation uses CAP's attribution
+    layers = plan_structure(hs, cs, remove_params=_part(budget, 1, steps), **plan)
     for step in range(2, steps + 1):
         # scores of single units do not add up once many are gone: re-estimate the survivors on the
         # model as pruned so far (first-order, one forward + backward per kind), then extend the plan
@@ -97,7 +97,6 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
         cs = eng.attribution_effects("channels", fixed).median(dim=-1).values.float()
         hs[hmask == 0], cs[cmask == 0] = -1e6, -1e6  # gone stays gone
         layers = plan_structure(hs, cs, remove_params=_part(budget, step, steps), **plan)
-    before = _kind_sizes(model)
     sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
     after = _kind_sizes(model)
     left = sum(p.numel() for p in model.parameters())
@@ -106,5 +105,5 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
             "prunable_params": before["attn"] + before["mlp"],
             "removed": {k: before[k] - after[k] for k in before}, "seconds": time.perf_counter() - t0,
             "sizes": sizes, "kept": [{"heads": list(s.heads), "kv_heads": list(s.kv_heads),
-                                      "channel_groups": sorted({c // cfg.channel_group for c in s.channels})} for s in layers],
+                                      "channel_groups": s.channel_groups(cfg.channel_group)} for s in layers],
             "never_pruned": "embeddings, norms and the LM head"}
