@@ -16,13 +16,18 @@ def load(name):
 
 
 def main():
-    e = load("embedded_eval")
-    if e:
-        rows = [[f, v["n"], f"{v['acc']:.3f}", f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", f"{v['chance']:.3f}",
-                 "yes" if v["above_chance"] else "no", f"{v['answer_ce']:.2f}"]
-                for f, v in list(e["families"].items()) + [("overall", e["overall"])]]
-        print("### embedded_eval.json\n")
-        print(table(rows, ["family", "n", "acc_norm", "95% CI", "chance", "CI above chance", "answer CE"]), "\n")
+    for name in ("embedded_eval", "embedded_eval_n200"):
+        e = load(name)
+        if e:
+            rows = [[f, v["n"], f"{v['acc']:.3f}", f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", f"{v['chance']:.3f}",
+                     "yes" if v["above_chance"] else "no", f"{v['answer_ce']:.2f}"]
+                    for f, v in list(e["families"].items()) + [("overall", e["overall"])]]
+            print(f"### {name}.json\n")
+            print(table(rows, ["family", "n", "acc_norm", "95% CI", "chance", "CI above chance", "answer CE"]), "\n")
+    pf = load("prompt_formats")
+    if pf:
+        print(f"### prompt_formats.json (n={pf['eval_per_family']} per family, * = CI above chance)\n")
+        print(pf["table_md"], "\n")
     s = load("scoring")
     if s:
         rows = [[m, f"{r['seconds']:.1f}", f"{r['speedup_vs_naive']:.2f}x", f"{r['spearman_vs_exact']:.3f}", r["layer_forwards"]]

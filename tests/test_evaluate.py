@@ -69,3 +69,22 @@ def test_empty_evaluation_set_is_clear_error(tokenizer, tiny_model):
 
     with pytest.raises(TaskError, match="empty"):
         evaluate(TorchBackend(tiny_model, tokenizer, progress=False), tokenizer, [])
+
+
+def test_prompt_ends_with_answer_prefix_in_assistant_turn(tokenizer):
+    from cap_edge.prompts import ANSWER_PREFIX, prompt_text, uses_chat_template
+
+    assert not uses_chat_template(tokenizer)
+    p = Problem("q1", "x", "Who is taller, Ann or Bob?", "Bob", ("Ann", "Bob"))
+    assert prompt_text(tokenizer, p).endswith("Answer:")  # plain text: "Answer:" is the prefix
+    # ChatML, the template family of SmolLM2-Instruct
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    text = prompt_text(tokenizer, p)
+    # the assistant turn is opened, starts with the prefix, and is not closed
+    head, _, tail = text.rpartition("assistant\n")
+    assert head and tail == ANSWER_PREFIX
+    ctx, cont = encode_pair(tokenizer, p, "Bob")
+    assert tokenizer.decode(cont) == " Bob"  # the answer follows after a space: the same token as in the question
+    assert tokenizer(text + " Bob", add_special_tokens=False)["input_ids"] == ctx + cont

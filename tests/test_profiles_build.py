@@ -8,6 +8,7 @@ from cap_edge.cli import app
 from cap_edge.config import BudgetConfig, PruneConfig
 from cap_edge.errors import MemoryBudgetError
 from cap_edge.pipeline import BuildConfig, build, check_memory, roofline
+from cap_edge.tasks import FAMILIES
 from device_profiles import ProfileError, detect, list_profiles, load_profile
 
 runner = CliRunner()
@@ -113,7 +114,7 @@ def test_build_end_to_end_on_tiny_model(tiny_dir, tmp_path):
     assert {(a["format"], a["precision"]) for a in m["artifacts"]} == {("gguf", "q8_0"), ("onnx", "int8")}
     for a in m["artifacts"]:
         assert a["valid"] and a["sha256"] and a["accuracy"]["label"] == "host-measured"
-        assert a["accuracy"]["overall"]["n"] == 10
+        assert a["accuracy"]["overall"]["n"] == len(FAMILIES)  # eval_per_family=1
         assert a["latency"]["label"] == "host-measured" and 0 < a["latency"]["peak_rss_mb"] < 1500  # not the parent's peak
         assert a["estimated"]["label"] == "estimated"
     report = (tmp_path / "build" / "report.md").read_text()
@@ -140,7 +141,7 @@ def test_static_build_on_tiny_model_reports_op_coverage_and_accuracy(tiny_dir, t
     assert m["status"] == "complete"
     (a,) = m["artifacts"]
     assert a["format"] == "onnx-static" and a["valid"] and a["validation"]["greedy_equal"]
-    assert a["accuracy"]["runtime"] == "onnxruntime-static" and a["accuracy"]["overall"]["n"] == 10
+    assert a["accuracy"]["runtime"] == "onnxruntime-static" and a["accuracy"]["overall"]["n"] == len(FAMILIES)
     assert a["metadata"]["op_coverage"]["decode"]["ok"] and len(a["files"]) == 2
     assert "Op coverage" in (tmp_path / "b" / "report.md").read_text()
 

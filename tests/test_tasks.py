@@ -25,7 +25,9 @@ def test_generators_are_deterministic_for_a_seed():
 
 
 def test_calibration_and_evaluation_are_disjoint():
-    calib = load_split("embedded", "calib", 256)
+    from cap_edge.tasks.sources import calib_reserve
+
+    calib = [p for f in FAMILIES for p in load_split(f"embedded:{f}", "calib", calib_reserve(f))]  # every reserved problem
     ev = load_split("embedded", "eval", 100)
     check_disjoint(calib, ev)  # raises on overlap
     assert not {p.key for p in calib} & {p.key for p in ev}
@@ -79,3 +81,14 @@ def test_bad_specs_are_clear_errors(tmp_path):
         calibration_problems("embedded", 0)
     with pytest.raises(TaskError):
         Problem("x", "f", "q", " ")
+
+
+def test_knowledge_families_reserve_fewer_calibration_problems_and_say_so():
+    from cap_edge.tasks.sources import calib_reserve
+
+    assert calib_reserve("geography") < calib_reserve("arithmetic")
+    assert len(load_split("embedded:geography", "eval", 100)) == 100  # the CLI default still fits
+    with pytest.raises(TaskError, match="calibration split of 'geography' holds 48 problems; asked for 49"):
+        load_split("embedded:geography", "calib", 49)
+    with pytest.raises(TaskError, match="cannot produce .* unique problems"):
+        load_split("embedded:animals", "eval", 1000)

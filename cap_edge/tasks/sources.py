@@ -1,8 +1,8 @@
 """Task sources: the embedded generated suite, user JSONL files, and local Hugging Face datasets.
 
 Split rule (the same for every source): a problem belongs to the calibration split or to the
-evaluation split, never both. The embedded suite reserves the first ``CALIB_RESERVE`` unique
-problems of each family's stream for calibration; file sources assign each problem by a hash of
+evaluation split, never both. The embedded suite reserves the first ``calib_reserve(family)``
+unique problems of each family's stream for calibration; file sources assign each problem by a hash of
 its question (1 in 4 to calibration). ``check_disjoint`` verifies the result.
 """
 
@@ -20,6 +20,13 @@ from .base import Problem
 from .families import FAMILIES
 
 CALIB_RESERVE = 256  # per family: stream positions [0, 256) calibrate, [256, ...) evaluate
+# Knowledge families draw from small pools of facts (a few hundred distinct questions), so they
+# reserve fewer calibration problems and keep enough for evaluation.
+CALIB_RESERVE_BY_FAMILY = {"opposites": 48, "animals": 48, "geography": 48}
+
+
+def calib_reserve(family: str) -> int:
+    return CALIB_RESERVE_BY_FAMILY.get(family, CALIB_RESERVE)
 SPLITS = ("calib", "eval")
 
 
@@ -33,7 +40,7 @@ def _family_stream(family: str, seed: int, count: int) -> list[Problem]:
     while len(out) < count:
         attempts += 1
         if attempts > 50 * count + 1000:
-            raise TaskError(f"family {family!r} cannot produce {count} unique problems")
+            raise TaskError(f"family {family!r} cannot produce {count} unique problems (its generator gave {len(out)}); ask for fewer")
         difficulty = len(out) % 3 + 1
         q, a, choices = gen(rng, difficulty)
         if q in seen:
@@ -52,14 +59,15 @@ def embedded(families: list[str] | None, split: str, n_per_family: int, seed: in
         raise TaskError(f"unknown embedded family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
     if n_per_family <= 0:
         raise TaskError(f"expected a positive number of problems per family, got {n_per_family}")
-    if split == "calib" and n_per_family > CALIB_RESERVE:
-        raise TaskError(f"the embedded calibration split holds {CALIB_RESERVE} problems per family; asked for {n_per_family}")
     out = []
     for fam in families:
+        reserve = calib_reserve(fam)
         if split == "calib":
+            if n_per_family > reserve:
+                raise TaskError(f"the embedded calibration split of {fam!r} holds {reserve} problems; asked for {n_per_family}")
             out += _family_stream(fam, seed, n_per_family)
         else:
-            out += _family_stream(fam, seed, CALIB_RESERVE + n_per_family)[CALIB_RESERVE:]
+            out += _family_stream(fam, seed, reserve + n_per_family)[reserve:]
     return out
 
 
