@@ -85,11 +85,14 @@ def test_prune_bad_input(tiny_dir, tmp_path, args, msg):
 def test_eval_on_embedded_model_small_budget(tmp_path, monkeypatch):
     monkeypatch.delenv("CAP_EDGE_CACHE", raising=False)  # reuse the real converted-model cache
     out = tmp_path / "e.json"
-    r = runner.invoke(app, ["eval", "--tasks", "embedded:sizes,sequences", "--limit", "3", "--json", str(out)])
+    r = runner.invoke(app, ["eval", "--tasks", "embedded:geography,sequences", "--limit", "12", "--json", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
-    assert d["model"].startswith("embedded:") and d["overall"]["n"] == 6
+    assert d["model"].startswith("embedded:") and d["overall"]["n"] == 24
     assert 0 <= d["overall"]["acc"] <= 1 and d["overall"]["answer_ce"] > 0
+    # the real model, loaded and prompted correctly, knows capitals (0.90 at n=50): a broken
+    # conversion, tokenizer or prompt format drops this to chance
+    assert d["families"]["geography"]["above_chance"], d["families"]["geography"]
 
 
 def test_prune_structured_cli_writes_reloadable_smaller_model(tiny_dir, tmp_path):
