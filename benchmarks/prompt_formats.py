@@ -17,18 +17,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
 
 from _common import table, write_result
-from cap_edge.evaluate import Accuracy, TorchBackend
+from cap_edge.evaluate import TorchBackend, evaluate
 from cap_edge.models import load_model
-from cap_edge.prompts import SYSTEM_PROMPT, encode_pair
+from cap_edge.prompts import chat_prompt, encode_pair, plain_prompt
 from cap_edge.tasks import load_split
-
-
-def chat(tok, question: str) -> str:
-    msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
 def main():
@@ -42,30 +36,17 @@ def main():
     def ids(text):
         return tok(text, add_special_tokens=False)["input_ids"]
 
+    # encoders (tokenizer, problem, answer) -> (context ids, answer ids), as evaluate() takes them
     formats = {
-        "header": lambda p, c: (ids(chat(tok, p.question)), ids(c)),
-        "prefix": lambda p, c: encode_pair(tok, p, c),
-        "plain": lambda p, c: (ids(f"Question: {p.question}\nAnswer:"), ids(" " + c)),
+        "header": lambda t, p, c: (ids(chat_prompt(t, p.question)), ids(c)),
+        "prefix": encode_pair,
+        "plain": lambda t, p, c: (ids(plain_prompt(p.question)), ids(" " + c)),
     }
     backend = TorchBackend(lm.model, tok, progress=False)
     results, rows = {}, []
     for name, fmt in formats.items():
         t = time.perf_counter()
-        reqs, owner = [], []
-        for i, p in enumerate(ev):
-            for c in p.choices:
-                reqs.append(fmt(p, c))
-                owner.append(i)
-        ll = backend.loglik(reqs)
-        per = defaultdict(list)
-        for i, v in zip(owner, ll):
-            per[i].append(v)
-        hits, chance = defaultdict(list), defaultdict(list)
-        for i, p in enumerate(ev):
-            norm = [v / len(c.encode("utf-8")) for v, c in zip(per[i], p.choices)]  # acc_norm, as evaluate()
-            hits[p.family].append(max(range(len(norm)), key=norm.__getitem__) == p.gold)
-            chance[p.family].append(1 / len(p.choices))
-        fams = {f: Accuracy(len(h), sum(h), sum(chance[f]) / len(h)).as_dict() for f, h in hits.items()}
+        fams = evaluate(backend, tok, ev, encode=fmt)["families"]
         above = sum(v["above_chance"] for v in fams.values())
         margin = sum(v["acc"] - v["chance"] for v in fams.values()) / len(fams)
         results[name] = {"families": fams, "families_above_chance": above, "mean_acc_minus_chance": margin,

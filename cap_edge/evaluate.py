@@ -167,16 +167,17 @@ class Accuracy:
 
 # ---------------------------------------------------------------- metrics
 
-def mc_predictions(backend: LMBackend, tokenizer, problems: Sequence[Problem]) -> list[dict]:
+def mc_predictions(backend: LMBackend, tokenizer, problems: Sequence[Problem], encode=encode_pair) -> list[dict]:
     """Per problem: log-likelihood of each choice; prediction by length-normalised log-likelihood
-    (sum log p / bytes of the choice, lm-eval-harness ``acc_norm``) and unnormalised (``acc``)."""
+    (sum log p / bytes of the choice, lm-eval-harness ``acc_norm``) and unnormalised (``acc``).
+    ``encode(tokenizer, problem, answer) -> (context ids, answer ids)`` formats each request."""
     problems = require_nonempty(list(problems), "evaluation")
     requests, index, gold_tokens = [], [], {}
     for pi, p in enumerate(problems):
         if p.choices is None:
             raise ValueError(f"problem {p.id!r} has no choices; use the generation metric")
         for c in p.choices:
-            requests.append(encode_pair(tokenizer, p, c))
+            requests.append(encode(tokenizer, p, c))
             index.append(pi)
             if c == p.answer:
                 gold_tokens[pi] = len(requests[-1][1])
@@ -241,14 +242,14 @@ def generation_predictions(backend: LMBackend, tokenizer, problems: Sequence[Pro
 
 
 def evaluate(backend: LMBackend, tokenizer, problems: Sequence[Problem], metric: str = "mc",
-             max_new_tokens: int = 32) -> dict:
+             max_new_tokens: int = 32, encode=encode_pair) -> dict:
     """Per-family and overall accuracy (n, chance, 95% CI) plus gold-answer cross-entropy."""
     problems = require_nonempty(list(problems), "evaluation")
     if metric not in ("mc", "gen"):
         raise ValueError(f"metric must be 'mc' or 'gen'; got {metric!r}")
     by_id = {p.id: p for p in problems}
     if metric == "mc":
-        preds = mc_predictions(backend, tokenizer, problems)
+        preds = mc_predictions(backend, tokenizer, problems, encode)
         hits = {r["id"]: r["pred"] == r["gold"] for r in preds}
         hits_raw = {r["id"]: r["pred_raw"] == r["gold"] for r in preds}
     else:

@@ -19,19 +19,24 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def chat_prompt(tokenizer, question: str) -> str:
+    """The chat template's text up to and including the opened assistant turn."""
+    return tokenizer.apply_chat_template(
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
+        tokenize=False, add_generation_prompt=True,
+    )
+
+
+def plain_prompt(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
 def prompt_text(tokenizer, problem: Problem) -> str:
-    """The context before the answer: the model's chat template when it has one, plain text otherwise."""
+    """The context before the answer: the model's chat template when it has one, plain text otherwise.
+    Both end in a colon ("Answer:" or ANSWER_PREFIX), so the answer follows after a space."""
     if uses_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": problem.question}],
-            tokenize=False, add_generation_prompt=True,
-        ) + ANSWER_PREFIX
-    return f"Question: {problem.question}\nAnswer:"
-
-
-def continuation_text(tokenizer, answer: str) -> str:
-    # Both contexts end in a colon ("Answer:" or ANSWER_PREFIX): the answer follows a space.
-    return " " + answer
+        return chat_prompt(tokenizer, problem.question) + ANSWER_PREFIX
+    return plain_prompt(problem.question)
 
 
 def encode_pair(tokenizer, problem: Problem, answer: str) -> tuple[list[int], list[int]]:
@@ -39,7 +44,7 @@ def encode_pair(tokenizer, problem: Problem, answer: str) -> tuple[list[int], li
     ctx = tokenizer(prompt_text(tokenizer, problem), add_special_tokens=False)["input_ids"]
     if not uses_chat_template(tokenizer) and tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
         ctx = [tokenizer.bos_token_id] + ctx
-    cont = tokenizer(continuation_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
+    cont = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
     if not cont:
         raise ValueError(f"answer {answer!r} of problem {problem.id!r} tokenizes to nothing")
     return ctx, cont

@@ -32,6 +32,14 @@ def _numeric_choices(rng: random.Random, gold: int, pool: list[int], k: int = 4,
     return tuple(str(v) for v in out)
 
 
+def _four(rng: random.Random, gold: str, pool: list[str]) -> tuple[str, ...]:
+    """The gold answer and three distinct distractors from ``pool``, shuffled."""
+    others = list(dict.fromkeys(x for x in pool if x != gold))
+    choices = [gold] + rng.sample(others, 3)
+    rng.shuffle(choices)
+    return tuple(choices)
+
+
 def arithmetic(rng: random.Random, difficulty: int):
     if difficulty == 1:
         a, b = rng.randint(1, 20), rng.randint(1, 20)
@@ -157,10 +165,7 @@ def dates(rng: random.Random, difficulty: int):
              f"{fwd} days from today?")
         end = start + back + fwd
     gold = WEEKDAYS[end % 7]
-    others = [d for d in WEEKDAYS if d != gold and d != WEEKDAYS[start]]
-    choices = [gold] + rng.sample(others, 3)
-    rng.shuffle(choices)
-    return q, gold, tuple(choices)
+    return q, gold, _four(rng, gold, [d for d in WEEKDAYS if d != WEEKDAYS[start]])
 
 
 def _bool_expr(rng: random.Random, depth: int) -> tuple[str, bool]:
@@ -292,25 +297,16 @@ def routine(rng: random.Random, difficulty: int):
     return q, DAY_EVENTS[ans], tuple(choices)
 
 
-
-
 # --- Knowledge composition: a fact the model must recall, then a relation to apply to it ------
 # Level 1 recalls one fact, level 2 infers a relation from an example and applies it (analogy),
 # level 3 chains two facts or binds a fact to a person first. The pools are small (what a small
-# model can know), so these families reserve fewer calibration problems (CALIB_RESERVE_BY_FAMILY).
+# model can know), so these families reserve fewer calibration problems (CALIB_RESERVE_BY_FAMILY below).
 
 ANTONYMS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"),
             ("old", "young"), ("open", "closed"), ("full", "empty"), ("early", "late"), ("wet", "dry"), ("hard", "soft"),
             ("day", "night"), ("tall", "short"), ("rich", "poor"), ("loud", "quiet"), ("left", "right"), ("win", "lose")]
 OPPOSITE_TEMPLATES = ["What is the opposite of {w}?", "Which word means the opposite of {w}?", "What is the antonym of {w}?",
                       "Name the opposite of {w}.", "What word is opposite in meaning to {w}?"]
-
-
-def _four(rng: random.Random, gold: str, pool: list[str]) -> tuple[str, ...]:
-    others = list(dict.fromkeys(x for x in pool if x != gold))
-    choices = [gold] + rng.sample(others, 3)
-    rng.shuffle(choices)
-    return tuple(choices)
 
 
 def opposites(rng: random.Random, difficulty: int):
@@ -322,7 +318,7 @@ def opposites(rng: random.Random, difficulty: int):
         q = rng.choice(OPPOSITE_TEMPLATES).format(w=w)
         return q, gold, _four(rng, gold, [b for a, b in pairs if a != w])
     if difficulty == 2:
-        (a, b), (w, gold) = rng.sample([p for p in pairs], 2)
+        (a, b), (w, gold) = rng.sample(pairs, 2)
         if {a, b} == {w, gold}:
             return opposites(rng, difficulty)
         q = f"{a.capitalize()} is to {b} as {w} is to what?"
@@ -412,3 +408,7 @@ FAMILIES = {
     "animals": animals,
     "geography": geography,
 }
+
+# Calibration problems reserved per family where the default (sources.CALIB_RESERVE) would leave the
+# small fact pools of the knowledge families too few evaluation problems.
+CALIB_RESERVE_BY_FAMILY = {"opposites": 48, "animals": 48, "geography": 48}

@@ -17,17 +17,14 @@ from pathlib import Path
 
 from ..errors import TaskError
 from .base import Problem
-from .families import FAMILIES
+from .families import CALIB_RESERVE_BY_FAMILY, FAMILIES
 
 CALIB_RESERVE = 256  # per family: stream positions [0, 256) calibrate, [256, ...) evaluate
-# Knowledge families draw from small pools of facts (a few hundred distinct questions), so they
-# reserve fewer calibration problems and keep enough for evaluation.
-CALIB_RESERVE_BY_FAMILY = {"opposites": 48, "animals": 48, "geography": 48}
+SPLITS = ("calib", "eval")
 
 
 def calib_reserve(family: str) -> int:
     return CALIB_RESERVE_BY_FAMILY.get(family, CALIB_RESERVE)
-SPLITS = ("calib", "eval")
 
 
 def _family_stream(family: str, seed: int, count: int) -> list[Problem]:
