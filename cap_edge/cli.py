@@ -157,6 +157,8 @@ def prune_cmd(
                                                      "structured (whole heads and MLP channels removed)"),
     min_heads: int = typer.Option(1, help="structured: query heads every layer keeps (0 allows attention-free layers)"),
     scope: str = typer.Option("global", help="structured: global budget, or the same share from each layer"),
+    refit: bool = typer.Option(True, help="structured: least-squares refit of o_proj/down_proj after removal"),
+    refit_problems: int = typer.Option(256, help="structured: calibration problems the refit sees"),
     scores: Optional[Path] = typer.Option(None, help="head_scores.json from `cap-edge score` (cap methods); computed and cached if absent"),
     model: Optional[str] = ModelOpt,
     calib: str = typer.Option("embedded", help="calibration task spec (Wanda/SparseGPT statistics, CAP scores)"),
@@ -174,12 +176,13 @@ def prune_cmd(
     from .io import write_json
     from .models import load_model
     from .prune_io import save_pruned
-    from .pruning import get_method, prune_model
+    from .pruning import get_method, prune_model, refit_batch
     from .scoring import build_calib_batch, score_channels, score_heads
     from .tasks import calibration_problems
 
     try:
-        cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, min_heads=min_heads, scope=scope)
+        cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, min_heads=min_heads, scope=scope,
+                          refit=refit, refit_problems=refit_problems)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise CapEdgeError(f"output directory {out} is not empty (pass --overwrite to replace it)")
         budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem)
@@ -202,6 +205,8 @@ def prune_cmd(
         if cfg.structured and spec.uses_heads:
             channel_scores = score_channels(lm.model, lm.tokenizer, problems, ScoreConfig(), budget,
                                             group=cfg.channel_group, refine_fraction=cfg.channel_refine)
+        if cfg.structured and cfg.refit:
+            batch = refit_batch(lm.tokenizer, calib, cfg, tokens_per_problem, seed)
         report = prune_model(lm.model, cfg, batch, head_scores, channel_scores=channel_scores)
         save_pruned(lm.model, lm.tokenizer, out, report, {
             "model": lm.source, "calibration": {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()},

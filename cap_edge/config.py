@@ -92,6 +92,9 @@ class PruneConfig:
     channel_group: int = 32  # MLP channels removed together (quantization blocks stay whole)
     channel_refine: float = 0.1  # share of channel groups re-scored by exact masking
     steps: int = 1  # structured cap: remove the budget in this many steps, re-estimating scores between
+    refit: bool = True  # structured: least-squares refit of o_proj/down_proj on calibration activations
+    refit_problems: int = 256  # calibration problems the refit sees (forward passes only, so more than scoring)
+    refit_damp: float = 1.0  # ridge term of the refit, as a share of the mean input energy (benchmarks/structured.py)
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -110,6 +113,11 @@ class PruneConfig:
             raise ConfigError(f"channel_group: expected a positive integer, got {self.channel_group!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps: expected an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.refit, bool):
+            raise ConfigError(f"refit: expected true or false, got {self.refit!r}")
+        _positive("refit_problems", self.refit_problems)
+        if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
+            raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
         if not 0 <= self.channel_refine <= 1:
             raise ConfigError(f"channel_refine: expected a value in [0, 1], got {self.channel_refine!r}")
 

@@ -141,6 +141,19 @@ def wilson_ci(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Paired comparison of two models on the same problems: exact two-sided McNemar test (a
+    binomial test on the problems exactly one of them gets right). Far more sensitive than
+    comparing two confidence intervals, because the problems both get right or wrong cancel."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"mcnemar: expected two equal, non-empty lists of outcomes, got {len(a)} and {len(b)}")
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"n": len(a), "a_only": a_only, "b_only": b_only, "p_value": p}
+
+
 @dataclass(frozen=True)
 class Accuracy:
     n: int

@@ -337,6 +337,11 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             manifest["channel_scores"] = {"cache_key": channel_scores["hashes"]["cache_key"],
                                           "cache_hit": channel_scores.get("cache_hit"), "seconds": channel_scores.get("seconds")}
     with stage("prune"):
+        if pcfg.structured and pcfg.refit:
+            from .pruning import refit_batch
+
+            batch = refit_batch(lm.tokenizer, cfg.calib, pcfg, budget.tokens_per_problem)
+            manifest["inputs"]["refit_calibration"] = {"problems": batch.n, "sha256": batch.fingerprint()}
         key = sha256_json({"model": fp, "calib": batch.fingerprint(), "prune": asdict(pcfg),
                            "scores": scores["hashes"]["cache_key"] if scores else None,
                            "channel_scores": channel_scores["hashes"]["cache_key"] if channel_scores else None})

@@ -55,6 +55,13 @@ class CalibBatch:
     def n(self) -> int:
         return self.input_ids.shape[0]
 
+    def rows(self, start: int, end: int) -> "CalibBatch":
+        """Rows [start, end) as a batch of their own (answer rows renumbered)."""
+        end = min(end, self.n)
+        keep = (self.ans_row >= start) & (self.ans_row < end)
+        return CalibBatch(self.input_ids[start:end], self.ans_row[keep] - start, self.ans_pos[keep], self.ans_tgt[keep],
+                          self.subset[start:end], self.tokens[start:end], self.lengths[start:end])
+
     def fingerprint(self) -> str:
         return sha256_json({"ids": self.input_ids.tolist(), "tgt": self.ans_tgt.tolist(),
                             "pos": self.ans_pos.tolist(), "subset": self.subset.tolist()})
@@ -289,28 +296,39 @@ class ScoringEngine:
         """
         L = len(self.dec.layers)
         H, width = self.units(target)
-        N = self.batch.n
+        b = self.batch
+        N, T = b.input_ids.shape
+        dev = self.dec.device
         fixed = fixed or {}
         # ``fixed`` = {target: (L, units) 0/1 mask}: units already removed stay masked, so the
         # estimates are for the model as it is now (iterative structured pruning)
         base = fixed.get(target)
-        gates = [(base[l].to(self.dec.device).float() if base is not None else torch.ones(H, device=self.dec.device))
-                 .expand(N, H).clone().requires_grad_(True) for l in range(L)]
-        with contextlib.ExitStack() as stack:
-            for l in range(L):
-                stack.enter_context(head_gate(self.dec.gated(target, l), gates[l], width))
-                for other, mask in fixed.items():
-                    if other != target:
-                        _, w = self.units(other, l)
-                        stack.enter_context(head_gate(self.dec.gated(other, l), mask[l].float().expand(N, -1), w))
-            with torch.enable_grad():
-                h0 = self.dec.embed(self.batch.input_ids.to(self.dec.device))
-                hf = self.dec.run(h0, 0)
-                rows = self.dec.answer_nll(hf, self.batch)[0]
-                loss = subset_losses(rows, self.batch, self.K).sum()
-                grads = torch.autograd.grad(loss, gates)
+        start = [(base[l].to(dev).float() if base is not None else torch.ones(H, device=dev)) for l in range(L)]
+        # the loss is a sum over rows (each row weighted by 1 / its subset's answer tokens), so the
+        # gradient of every row can be taken in row chunks: a backward keeps every layer's
+        # activations, about 4x a forward's memory, hence a quarter of the forward token budget
+        sub = b.subset.to(dev)
+        den = torch.stack([b.tokens.to(dev)[sub == k].sum() for k in range(self.K)])  # (K,)
+        weight = 1.0 / den[sub]  # (N,)
+        rows_per = max(1, self.max_batch_tokens // 4 // T)
+        grads = [torch.zeros(N, H, dtype=torch.float64, device=dev) for _ in range(L)]
+        for i in range(0, N, rows_per):
+            part = b.rows(i, i + rows_per)
+            n = part.n
+            gates = [start[l].expand(n, H).clone().requires_grad_(True) for l in range(L)]
+            with contextlib.ExitStack() as stack:
+                for l in range(L):
+                    stack.enter_context(head_gate(self.dec.gated(target, l), gates[l], width))
+                    for other, mask in fixed.items():
+                        if other != target:
+                            _, w = self.units(other, l)
+                            stack.enter_context(head_gate(self.dec.gated(other, l), mask[l].float().expand(n, -1), w))
+                with torch.enable_grad():
+                    hf = self.dec.run(self.dec.embed(part.input_ids.to(dev)), 0)  # (n, T, D)
+                    loss = (self.dec.answer_nll(hf, part)[0] * weight[i:i + n]).sum()
+                    for l, g in enumerate(torch.autograd.grad(loss, gates)):
+                        grads[l][i:i + n] = g.double()
         self.forwards += 3 * L  # forward + backward (about twice a forward)
-        sub = self.batch.subset.to(self.dec.device)
         eff = torch.stack([torch.stack([-g[sub == k].sum(0) for k in range(self.K)], dim=-1) for g in grads])  # (L, H, K)
         return eff.double().cpu()
 

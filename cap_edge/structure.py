@@ -308,3 +308,35 @@ def magnitude_unit_scores(model, group: int = 32) -> tuple[torch.Tensor, torch.T
         cs.append(g.view(n, group, -1).norm(dim=(1, 2)) * u.view(n, group, -1).norm(dim=(1, 2))
                   * d.view(d.shape[0], n, group).norm(dim=(0, 2)))
     return torch.stack(hs), torch.stack(cs)
+
+
+def refit_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damp: float = 1.0) -> torch.Tensor:
+    """Least-squares repair of a linear layer whose input units ``~keep`` are removed.
+
+    weight (out, in), hessian (in, in) = sum over calibration tokens of x x^T, keep (in,) bool.
+    Returns (out, in): removed columns exactly zero, kept columns W_K + W_R H_RK (H_KK + λI)^-1,
+    the minimiser of ||W x - W' x||^2 summed over the tokens plus λ||W'_K - W_K||^2. The removed
+    units' mean contribution and whatever of it the kept units can express goes into the kept
+    columns, so the layer's output moves less than by zeroing alone. λ = damp * mean(diag H_KK):
+    with few tokens H_KK is near singular and a bare solve would overfit the calibration set.
+    """
+    out_f, in_f = weight.shape
+    if hessian.shape != (in_f, in_f):
+        raise ConfigError(f"refit: expected a ({in_f}, {in_f}) Hessian, got {tuple(hessian.shape)}")
+    if keep.shape != (in_f,) or keep.dtype != torch.bool:
+        raise ConfigError(f"refit: expected a bool keep mask of shape ({in_f},), got {keep.dtype} {tuple(keep.shape)}")
+    if damp < 0:
+        raise ConfigError(f"refit: expected damp >= 0, got {damp}")
+    K = keep.nonzero().squeeze(1)  # (k,)
+    R = (~keep).nonzero().squeeze(1)  # (r,)
+    W = weight.detach().double()
+    H = hessian.detach().double()
+    new = torch.zeros_like(W)  # (out, in)
+    if K.numel() == 0:
+        return new.to(weight.dtype)
+    Hkk = H[K][:, K]  # (k, k)
+    lam = damp * Hkk.diagonal().mean().clamp_min(1e-12)
+    Hkk = Hkk + lam * torch.eye(K.numel(), dtype=H.dtype, device=H.device)
+    rhs = H[K][:, R] @ W[:, R].T  # (k, out) = H_KR W_R^T
+    new[:, K] = W[:, K] + torch.linalg.solve(Hkk, rhs).T  # (out, k)
+    return new.to(weight.dtype)

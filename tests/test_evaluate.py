@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cap_edge.evaluate import TorchBackend, evaluate, extract_answer, perplexity, wilson_ci
+from cap_edge.evaluate import TorchBackend, evaluate, extract_answer, mcnemar, perplexity, wilson_ci
 from cap_edge.prompts import encode_pair
 from cap_edge.tasks import Problem, load_split
 
@@ -39,6 +39,20 @@ def test_evaluate_reports_n_chance_ci(tokenizer, tiny_model):
     assert r["overall"]["answer_ce"] > 0
     g = evaluate(TorchBackend(tiny_model, tokenizer, progress=False), tokenizer, probs[:2], metric="gen", max_new_tokens=3)
     assert g["metric"] == "exact_match" and g["overall"]["n"] == 2
+
+
+def test_mcnemar_exact_paired_test():
+    # 10 discordant pairs split 9:1 -> two-sided binomial p = 2 * (1 + 10) / 1024
+    a = [True] * 9 + [False] + [True] * 30 + [False] * 20
+    b = [False] * 9 + [True] + [True] * 30 + [False] * 20
+    r = mcnemar(a, b)
+    assert (r["a_only"], r["b_only"], r["n"]) == (9, 1, 60)
+    assert r["p_value"] == pytest.approx(22 / 1024)
+    assert mcnemar(b, a)["p_value"] == r["p_value"]
+    assert mcnemar([True, False], [True, False])["p_value"] == 1.0  # no discordant pair: no evidence
+    assert mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        mcnemar([True], [True, False])
 
 
 def test_wilson_ci_known_values():

@@ -46,6 +46,26 @@ def test_batched_masks_equal_single(tokenizer, tiny_model):
     assert torch.allclose(many, one, atol=1e-9, rtol=1e-6)
 
 
+@pytest.mark.parametrize("target", ["heads", "channels"])
+def test_attribution_in_row_chunks_equals_whole_batch(tokenizer, tiny_model, target):
+    # a large calibration batch is differentiated in row chunks (memory); the gradient is a sum
+    # over rows, so chunking must not change it
+    batch = _batch(tokenizer)
+    T = batch.input_ids.shape[1]
+    whole = ScoringEngine(tiny_model, batch, 3, max_batch_tokens=10**9, channel_group=8).attribution_effects(target)
+    chunked = ScoringEngine(tiny_model, batch, 3, max_batch_tokens=4 * T, channel_group=8).attribution_effects(target)
+    assert whole.abs().max() > 1e-4
+    assert torch.allclose(whole, chunked, atol=1e-6, rtol=1e-5)
+
+
+def test_batch_rows_renumbers_answers(tokenizer):
+    batch = _batch(tokenizer)
+    part = batch.rows(2, 4)
+    assert part.n == 2 and torch.equal(part.input_ids, batch.input_ids[2:4])
+    sel = (batch.ans_row >= 2) & (batch.ans_row < 4)
+    assert torch.equal(part.ans_row, batch.ans_row[sel] - 2) and torch.equal(part.ans_tgt, batch.ans_tgt[sel])
+
+
 def test_subset_median_mean_spread():
     s = summarise_effects(torch.tensor([0.3, -5.0, 0.1]))
     assert s["median"] == pytest.approx(0.1) and s["mean"] == pytest.approx(-4.6 / 3)

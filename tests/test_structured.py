@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from cap_edge.config import PruneConfig, ScoreConfig
+from cap_edge.config import PruneConfig, ScoreConfig, replace
 from cap_edge.errors import ConfigError, ExportError
 from cap_edge.models import load_model
 from cap_edge.prune_io import save_pruned
 from cap_edge.pruning import prune_model
 from cap_edge.scoring import ScoringEngine, build_calib_batch, head_gate, score_channels, subset_losses
-from cap_edge.structure import (LayerStructure, apply_structure, attention_options, attn_params, plan_structure)
+from cap_edge.structure import (LayerStructure, apply_structure, attention_options, attn_params, plan_structure,
+                                refit_columns)
 from cap_edge.tasks import load_split
 
 from conftest import make_tiny_llama, make_tokenizer
@@ -114,7 +115,8 @@ def test_structurally_pruned_equals_masked_original(attn):
 
 def test_prune_structured_saves_and_reloads(tmp_path):
     model, tok = make_tiny_llama(), make_tokenizer()
-    rep = prune_model(model, PruneConfig(method="magnitude", pattern="structured", sparsity=0.15), progress=False)
+    rep = prune_model(model, PruneConfig(method="magnitude", pattern="structured", sparsity=0.15, refit=False),
+                      progress=False)
     assert rep["achieved_sparsity"] >= 0.15 and rep["params_after"] < rep["params_before"]
     d = save_pruned(model, tok, tmp_path / "s", rep)
     assert json.loads((d / "config.json").read_text())["cap_edge_structure"] == rep["sizes"]
@@ -124,6 +126,60 @@ def test_prune_structured_saves_and_reloads(tmp_path):
         assert torch.equal(lm.model(ids).logits, model(ids).logits)
     with pytest.raises(ConfigError, match="already structurally pruned"):
         prune_model(lm.model, PruneConfig(method="magnitude", pattern="structured", sparsity=0.1), progress=False)
+
+
+# ------------------------------------------------------------------ least-squares refit
+
+def test_refit_columns_recovers_dependent_inputs_exactly():
+    torch.manual_seed(0)
+    X = torch.randn(400, 6, dtype=torch.float64)
+    X = torch.cat([X, X[:, :2] @ torch.randn(2, 2, dtype=torch.float64)], 1)  # inputs 6, 7: combos of 0, 1
+    W = torch.randn(5, 8, dtype=torch.float64)
+    keep = torch.tensor([True] * 6 + [False] * 2)
+    new = refit_columns(W, X.T @ X, keep, damp=0.0)
+    assert torch.all(new[:, ~keep] == 0)
+    assert torch.allclose(X @ new.T, X @ W.T, atol=1e-9)  # the removed inputs' share moved into 0, 1
+
+
+def test_refit_columns_never_worse_than_zeroing_and_checks_shapes():
+    torch.manual_seed(1)
+    X = torch.randn(50, 32) + 0.5  # few tokens, correlated through the mean
+    W = torch.randn(7, 32)
+    keep = torch.rand(32) > 0.4
+    H = X.T.double() @ X.double()
+    err = lambda Wn: ((X @ (W - Wn).T) ** 2).sum()
+    for damp in (0.0, 0.01, 1.0):
+        new = refit_columns(W, H, keep, damp)
+        assert torch.all(new[:, ~keep] == 0) and err(new) <= err(W * keep) + 1e-6
+    assert err(refit_columns(W, H, keep, 0.01)) < 0.7 * err(W * keep)
+    with pytest.raises(ConfigError, match=r"expected a \(32, 32\) Hessian, got \(31, 31\)"):
+        refit_columns(W, H[:31, :31], keep)
+    with pytest.raises(ConfigError, match="bool keep mask"):
+        refit_columns(W, H, keep.float())
+
+
+def test_structured_refit_lowers_layer_error_and_needs_a_batch(tokenizer):
+    batch = build_calib_batch(tokenizer, load_split("embedded", "calib", 1)[:6], 3)
+    cfg = PruneConfig(method="magnitude", pattern="structured", sparsity=0.2)
+    with pytest.raises(ConfigError, match="refit .* needs the calibration batch"):
+        prune_model(make_tiny_llama(), cfg, progress=False)
+    plain = make_tiny_llama()
+    base = prune_model(plain, replace(cfg, refit=False), batch=batch, progress=False)
+    model = make_tiny_llama()
+    rep = prune_model(model, cfg, batch=batch, progress=False)
+    assert rep["kept"] == base["kept"] and rep["sizes"] == base["sizes"]  # same plan, other weights
+    errs = [e for layer in rep["refit"]["layers"] for e in layer.values()]
+    assert errs and all(e["refit"] <= e["zeroed"] + 1e-9 for e in errs)
+    assert sum(e["refit"] for e in errs) < sum(e["zeroed"] for e in errs)
+    # the refit changes only the kept columns of o_proj / down_proj; shapes stay those of the plan
+    for a, b in zip(model.model.layers, plain.model.layers):
+        assert torch.equal(a.self_attn.q_proj.weight, b.self_attn.q_proj.weight)
+        assert a.mlp.down_proj.weight.shape == b.mlp.down_proj.weight.shape
+    assert rep["refit"]["tokens"] == int(batch.lengths.sum())
+    # and it brings the calibration loss back towards the dense model's
+    dense = ScoringEngine(make_tiny_llama(), batch, 3).intact().mean()
+    gap = lambda m: abs(float(ScoringEngine(m, batch, 3).intact().mean() - dense))
+    assert gap(model) < gap(plain)
 
 
 def test_structured_config_errors():

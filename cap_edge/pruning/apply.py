@@ -68,7 +68,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     if cfg.structured:
         from .structured import prune_structured
 
-        return prune_structured(model, cfg, head_scores, channel_scores, batch=batch)
+        return prune_structured(model, cfg, head_scores, channel_scores, batch=batch, progress=progress)
     method = get_method(cfg.method)
     spec = arch_for(model)
     geom = head_geometry(model.config)

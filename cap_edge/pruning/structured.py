@@ -10,8 +10,9 @@ import torch
 from ..arch import head_geometry
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..scoring import ScoringEngine, score_matrix
-from ..structure import apply_structure, is_structured, magnitude_unit_scores, plan_structure
+from ..scoring import CalibBatch, Decoder, ScoringEngine, score_matrix
+from ..structure import (LayerStructure, apply_structure, is_structured, magnitude_unit_scores, plan_structure,
+                         refit_columns)
 
 
 def _matrix(result: dict | None, what: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -53,9 +54,87 @@ def _kind_sizes(model) -> dict:
     return out
 
 
+def _keep_masks(st: LayerStructure, num_heads: int, head_dim: int, width: int) -> dict[str, torch.Tensor]:
+    """Kept input columns of o_proj (nh*hd,) and of down_proj (I,), as bool masks."""
+    heads = torch.zeros(num_heads * head_dim, dtype=torch.bool)
+    for h in st.heads:
+        heads[h * head_dim:(h + 1) * head_dim] = True
+    channels = torch.zeros(width, dtype=torch.bool)
+    channels[list(st.channels)] = True
+    return {"heads": heads, "channels": channels}
+
+
+def refit_batch(tokenizer, calib_spec: str, cfg: PruneConfig, tokens_per_problem: int = 256, seed: int = 0) -> CalibBatch:
+    """The calibration batch for the refit: ``cfg.refit_problems`` problems of ``calib_spec``. The
+    refit solves for up to I (1536 here) inputs per linear, so it wants many more tokens than the
+    32 problems that are enough to rank heads."""
+    from ..config import BudgetConfig
+    from ..scoring import build_calib_batch
+    from ..tasks import calibration_problems
+
+    problems = calibration_problems(calib_spec, cfg.refit_problems, seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return build_calib_batch(tokenizer, problems, 3, BudgetConfig(problems=len(problems), tokens_per_problem=tokens_per_problem),
+                             pad_id=pad)
+
+
+@torch.no_grad()
+def refit_structure(model, layers: list[LayerStructure], batch: CalibBatch, damp: float = 1.0, chunk: int = 16,
+                    progress: bool = False) -> dict:
+    """Before the surgery: layer by layer, zero the input columns of o_proj / down_proj that the plan
+    removes and least-squares refit the kept ones on the calibration activations (``refit_columns``).
+
+    Sequential like SparseGPT: layer l's inputs come from layers < l already refitted, so the fit
+    also absorbs the drift the earlier removals caused; o_proj is refitted before down_proj's inputs
+    are collected for the same reason. Zeroing a head's o_proj columns is exactly removing the head,
+    so ``apply_structure`` afterwards only slices. Returns per layer and kind the output error
+    ||(W - W')x||^2 / ||Wx||^2 of zeroing alone and after the refit (on the calibration tokens)."""
+    from tqdm.auto import tqdm
+
+    dec = Decoder(model)
+    geom, dev = dec.geom, dec.device
+    width = dec.gated("channels", 0).weight.shape[1]
+    ids = batch.input_ids.to(dev)  # (N, T), right-padded
+    valid = torch.arange(ids.shape[1], device=dev)[None] < batch.lengths.to(dev)[:, None]  # (N, T)
+    chunks = [(dec.embed(ids[i:i + chunk]), valid[i:i + chunk]) for i in range(0, ids.shape[0], chunk)]
+    report = []
+    for l, st in enumerate(tqdm(layers, desc="refit", disable=not progress)):
+        errs = {}
+        for target, keep in _keep_masks(st, geom.num_heads, geom.head_dim, width).items():
+            lin = dec.gated(target, l)
+            if keep.all():
+                continue
+            C = keep.numel()
+            H = torch.zeros(C, C, dtype=torch.float64, device=dev)  # sum of x x^T over real tokens
+
+            def accumulate(_mod, args, H=H):
+                x = args[0][cur_valid]  # (n real tokens, C)
+                H.addmm_(x.double().T, x.double())
+
+            hook = lin.register_forward_pre_hook(accumulate)
+            try:
+                for h, cur_valid in chunks:
+                    dec.run(h, l, l + 1)
+            finally:
+                hook.remove()
+            W = lin.weight.detach()
+            new = refit_columns(W, H, keep.to(dev), damp)
+            zeroed = W.double() * keep.to(dev)[None]
+
+            def rel(Wn):
+                D = W.double() - Wn.double()  # (out, C)
+                return float(((D @ H) * D).sum() / ((W.double() @ H) * W.double()).sum().clamp_min(1e-30))
+
+            errs[target] = {"zeroed": rel(zeroed), "refit": rel(new)}
+            lin.weight.copy_(new)
+        report.append(errs)
+        chunks = [(dec.run(h, l, l + 1), v) for h, v in chunks]
+    return {"damp": damp, "tokens": int(valid.sum()), "layers": report}
+
+
 @torch.no_grad()
 def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, channel_scores: dict | None = None,
-                     split: dict | None = None, batch=None) -> dict:
+                     split: dict | None = None, batch=None, progress: bool = False) -> dict:
     """Remove ``cfg.sparsity`` of all parameters as whole heads and MLP channel groups.
 
     ``split`` = {"attn": n, "mlp": n} fixes how many parameters each kind gives up (used to compare
@@ -97,6 +176,11 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
         cs = eng.attribution_effects("channels", fixed).median(dim=-1).values.float()
         hs[hmask == 0], cs[cmask == 0] = -1e6, -1e6  # gone stays gone
         layers = plan_structure(hs, cs, remove_params=_part(budget, step, steps), **plan)
+    refit = None
+    if cfg.refit:
+        if batch is None:
+            raise ConfigError("refit after structured pruning needs the calibration batch (or refit=False)")
+        refit = refit_structure(model, layers, batch, damp=cfg.refit_damp, progress=progress)
     sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
     after = _kind_sizes(model)
     left = sum(p.numel() for p in model.parameters())
@@ -106,4 +190,4 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
             "removed": {k: before[k] - after[k] for k in before}, "seconds": time.perf_counter() - t0,
             "sizes": sizes, "kept": [{"heads": list(s.heads), "kv_heads": list(s.kv_heads),
                                       "channel_groups": s.channel_groups(cfg.channel_group)} for s in layers],
-            "never_pruned": "embeddings, norms and the LM head"}
+            "refit": refit, "never_pruned": "embeddings, norms and the LM head"}
