@@ -28,6 +28,16 @@ def main():
     if pf:
         print(f"### prompt_formats.json (n={pf['eval_per_family']} per family, * = CI above chance)\n")
         print(pf["table_md"], "\n")
+    st = load("structured")
+    if st:
+        print(f"### structured.json ({st['command']})\n")
+        for key in ("table_md", "accuracy_md", "paired_md"):
+            if key in st:
+                print(st[key], "\n")
+    rd = load("refit_damp")
+    if rd:
+        print(f"### refit_damp.json ({rd['command']})\n")
+        print(rd["table_md"], "\n")
     s = load("scoring")
     if s:
         rows = [[m, f"{r['seconds']:.1f}", f"{r['speedup_vs_naive']:.2f}x", f"{r['spearman_vs_exact']:.3f}", r["layer_forwards"]]

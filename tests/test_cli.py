@@ -100,10 +100,17 @@ def test_prune_structured_cli_writes_reloadable_smaller_model(tiny_dir, tmp_path
 
     out = tmp_path / "st"
     r = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--method", "cap", "--pattern", "structured",
-                            "--sparsity", "0.1", "--samples", "6", "--out", str(out)])
+                            "--sparsity", "0.1", "--samples", "6", "--refit-problems", "20", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "heads per layer" in r.output
     rep = json.loads((out / "sparsity.json").read_text())
     assert rep["pattern"] == "structured" and rep["achieved_sparsity"] >= 0.1 and rep["channel_scores"]
+    assert rep["refit"]["damp"] == 1.0 and rep["refit"]["tokens"] > 0  # refit on by default, on 20 problems
+    assert rep["calibration"]["problems"] == 20
     lm = load_model(str(out), device="cpu")
     assert sum(p.numel() for p in lm.model.parameters()) == rep["params_after"]
+    r = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--method", "cap", "--pattern", "structured",
+                            "--sparsity", "0.1", "--samples", "6", "--no-refit", "--out", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    plain = json.loads((tmp_path / "plain" / "sparsity.json").read_text())
+    assert plain["refit"] is None and plain["kept"] == rep["kept"]  # same plan, weights not refitted

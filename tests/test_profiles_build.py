@@ -163,10 +163,12 @@ def test_static_build_fails_on_an_op_missing_from_the_table(tiny_dir, tmp_path):
 def test_structured_build_on_tiny_model(tiny_dir, tmp_path):
     prof = load_profile("cpu")
     cfg = BuildConfig(profile=prof, out=str(tmp_path / "s"), model=str(tiny_dir), eval_per_family=1,
-                      prune=PruneConfig(method="cap", pattern="structured", sparsity=0.1, channel_refine=0.5),
+                      prune=PruneConfig(method="cap", pattern="structured", sparsity=0.1, channel_refine=0.5,
+                                        refit_problems=12),
                       budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
     m = build(cfg, progress=False)
     assert m["status"] == "complete" and m["pruned"]["pattern"] == "structured"
     assert m["channel_scores"]["cache_key"] and m["pruned"]["achieved_sparsity"] >= 0.1
+    assert m["inputs"]["refit_calibration"]["problems"] == 12  # the refit saw its own, larger batch
     gg = next(a for a in m["artifacts"] if a["format"] == "gguf")
     assert gg["metadata"]["gguf_arch"] == "deci"

@@ -187,6 +187,12 @@ def test_structured_config_errors():
         PruneConfig(method="wanda", pattern="structured")
     with pytest.raises(ConfigError, match="scope"):
         PruneConfig(pattern="structured", scope="row")
+    with pytest.raises(ConfigError, match="refit_damp: expected a number >= 0, got -1"):
+        PruneConfig(pattern="structured", refit_damp=-1)
+    with pytest.raises(ConfigError, match="refit_problems"):
+        PruneConfig(pattern="structured", refit_problems=0)
+    with pytest.raises(ConfigError, match="refit: expected true or false"):
+        PruneConfig(pattern="structured", refit="yes")
     with pytest.raises(ConfigError, match="needs CAP head scores"):
         prune_model(make_tiny_llama(), PruneConfig(method="cap", pattern="structured", sparsity=0.1), progress=False)
 
