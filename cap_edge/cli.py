@@ -127,6 +127,10 @@ def score_cmd(
         lm = load_model(model, device=device, dtype=dtype, device_map=device_map)
         result = score_heads(lm.model, lm.tokenizer, problems, cfg, budget, force=force, distributed=distributed, head_group=head_group,
                              progress=rank == 0)
+        if distributed:
+            from .distributed import shutdown
+
+            shutdown()  # the last collective (gathering the ranks' stats) is behind us
         if result is None:  # a non-zero rank: rank 0 writes the result
             return
     except ScoringIncomplete as e:

@@ -40,6 +40,17 @@ def init(timeout_s: float = 1800.0) -> tuple[int, int]:
     return rank, size
 
 
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits. Left to exit-time destructors, a
+    gloo rank that finished first sometimes aborted ("terminate called without an active
+    exception", SIGABRT) while its peer was still working, failing a run whose results were all
+    written (seen under CPU load in the two-process test)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     import torch.distributed as dist
 
