@@ -15,6 +15,14 @@ def load(name):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def stored_tables(title: str, result: dict, keys=("table_md",)) -> None:
+    """A heading, then the markdown tables a benchmark stored with its result."""
+    print(f"### {title}\n")
+    for key in keys:
+        if key in result:
+            print(result[key], "\n")
+
+
 def main():
     for name in ("embedded_eval", "embedded_eval_n200"):
         e = load(name)
@@ -26,18 +34,11 @@ def main():
             print(table(rows, ["family", "n", "acc_norm", "95% CI", "chance", "CI above chance", "answer CE"]), "\n")
     pf = load("prompt_formats")
     if pf:
-        print(f"### prompt_formats.json (n={pf['eval_per_family']} per family, * = CI above chance)\n")
-        print(pf["table_md"], "\n")
-    st = load("structured")
-    if st:
-        print(f"### structured.json ({st['command']})\n")
-        for key in ("table_md", "accuracy_md", "paired_md"):
-            if key in st:
-                print(st[key], "\n")
-    rd = load("refit_damp")
-    if rd:
-        print(f"### refit_damp.json ({rd['command']})\n")
-        print(rd["table_md"], "\n")
+        stored_tables(f"prompt_formats.json (n={pf['eval_per_family']} per family, * = CI above chance)", pf)
+    for name in ("structured", "refit_damp"):
+        r = load(name)
+        if r:
+            stored_tables(f"{name}.json ({r['command']})", r, ("table_md", "accuracy_md", "paired_md"))
     s = load("scoring")
     if s:
         rows = [[m, f"{r['seconds']:.1f}", f"{r['speedup_vs_naive']:.2f}x", f"{r['spearman_vs_exact']:.3f}", r["layer_forwards"]]
@@ -47,8 +48,7 @@ def main():
         print(table(rows, ["mode", "seconds", "speed-up vs naive", "Spearman vs exact", "layer-forwards"]), "\n")
     x = load("exports")
     if x:
-        print("### exports.json\n")
-        print(x["table_md"], "\n")
+        stored_tables("exports.json", x)
     b = load("bench_cpu")
     if b:
         rows = [[k, f"{r['ttft']:.3f}", f"{r['decode_tok_s']:.3f}", f"{r['peak_rss']:.3f}", f"{r['bytes']:.3f}",

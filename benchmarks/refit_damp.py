@@ -31,9 +31,9 @@ from cap_edge.prune_io import save_pruned
 from cap_edge.pruning import prune_structured, refit_batch
 from cap_edge.scoring import score_channels, score_heads
 from cap_edge.tasks import calibration_problems, check_disjoint, load_split
+from structured import KNOWLEDGE
 
 WORK = Path("runs/refit-damp")
-KNOWLEDGE = "opposites,animals,geography"
 
 
 def max_weights(model) -> dict:

@@ -194,7 +194,10 @@ def prune_cmd(
         lm = load_model(model, device=device, dtype=dtype)
         problems = calibration_problems(calib, samples, seed)
         pad = lm.tokenizer.pad_token_id or 0
-        batch = build_calib_batch(lm.tokenizer, problems, 3, budget, pad_id=pad)
+        if cfg.structured and cfg.refit:  # the refit's larger batch is the only one pruning uses
+            batch = refit_batch(lm.tokenizer, calib, cfg, tokens_per_problem, seed)
+        else:
+            batch = build_calib_batch(lm.tokenizer, problems, 3, budget, pad_id=pad)
         head_scores, scores_ref = None, None
         if spec.uses_heads:
             if scores is not None:
@@ -209,8 +212,6 @@ def prune_cmd(
         if cfg.structured and spec.uses_heads:
             channel_scores = score_channels(lm.model, lm.tokenizer, problems, ScoreConfig(), budget,
                                             group=cfg.channel_group, refine_fraction=cfg.channel_refine)
-        if cfg.structured and cfg.refit:
-            batch = refit_batch(lm.tokenizer, calib, cfg, tokens_per_problem, seed)
         report = prune_model(lm.model, cfg, batch, head_scores, channel_scores=channel_scores)
         save_pruned(lm.model, lm.tokenizer, out, report, {
             "model": lm.source, "calibration": {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()},
