@@ -216,7 +216,7 @@ def prune_cmd(
         save_pruned(lm.model, lm.tokenizer, out, report, {
             "model": lm.source, "calibration": {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()},
             "head_scores": scores_ref,
-            "channel_scores": channel_scores["hashes"]["cache_key"] if channel_scores else None}, overwrite=overwrite)
+            "channel_scores": channel_scores["hashes"]["cache_key"] if channel_scores else None}, overwrite=overwrite, source_dir=lm.path)
     except (CapEdgeError, ValueError) as e:
         _fail(e)
     if cfg.structured:

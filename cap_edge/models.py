@@ -105,13 +105,21 @@ def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
     """Dequantize a GGUF into a float safetensors HF directory at ``out`` (atomically)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .tokenizer import exact_tokenizer_supported, gguf_fields, tokenizer_from_gguf
+
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_file}")
+    fields = gguf_fields(gguf_file)
     try:
         config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         arch_for(config.model_type)
-        tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        if exact_tokenizer_supported(fields):
+            tok = tokenizer_from_gguf(fields)
+        else:  # e.g. SentencePiece vocabularies: transformers' converter, which the exact builder does not cover
+            log.warning("%s: tokenizer %r / pre-tokenizer %r not in cap-edge's exact table; using transformers' "
+                        "GGUF conversion", gguf_file.name, fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre"))
+            tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         loaded = AutoModelForCausalLM.from_pretrained(
             gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
         )
@@ -127,32 +135,62 @@ def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = "float32"
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
+        if f"tokenizer.ggml.{key}_token_id" in fields:  # the model config agrees with its tokenizer
+            setattr(config, attr, int(fields[f"tokenizer.ggml.{key}_token_id"]))
     fresh = type(loaded)(config)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise ModelLoadError(f"GGUF {gguf_file}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     fresh.tie_weights()
-    pre = None
-    try:  # remember llama.cpp's pre-tokenizer name, so a GGUF export can write it back
-        from gguf import GGUFReader
-
-        field = GGUFReader(str(gguf_file)).fields.get("tokenizer.ggml.pre")
-        pre = field.contents() if field is not None else None
-    except Exception:  # optional metadata; the export falls back to GPT-2's pre-tokenizer
-        pre = None
+    fresh.generation_config.bos_token_id = config.bos_token_id
+    fresh.generation_config.eos_token_id = config.eos_token_id
+    fresh.generation_config.pad_token_id = config.pad_token_id
     with atomic_dir(out, overwrite=True) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "cap_edge_source.json").write_text(json.dumps({"gguf": gguf_file.name, "gguf_pre": pre}))
+        (tmp / SOURCE_FILE).write_text(json.dumps(source_metadata(gguf_file, fields), indent=2))
         _write_verify(tmp)
     return out
+
+
+SOURCE_FILE = "cap_edge_source.json"
+# GGUF keys carried from the source file into every GGUF cap-edge writes (with the source's values)
+SOURCE_KEYS = ("general.license", "general.basename", "general.organization", "general.size_label",
+               "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix",
+               "general.quantization_version")
+
+
+def source_metadata(gguf_file: Path, fields: dict) -> dict:
+    """What a converted directory remembers of its GGUF: its name and the keys an export writes back."""
+    return {"gguf": Path(gguf_file).name, "name": fields.get("general.name"),
+            "gguf_pre": fields.get("tokenizer.ggml.pre"),  # kept for directories converted before "keys"
+            "keys": {k: fields[k] for k in SOURCE_KEYS if k in fields}}
+
+
+def source_info(model_dir: str | os.PathLike) -> dict:
+    """The source GGUF's metadata of a converted (or pruned-from-converted) directory, else {}."""
+    f = Path(model_dir) / SOURCE_FILE
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except ValueError:
+        return {}
+
+
+# Bumped whenever the conversion changes what it writes (2: tokenizer rebuilt exactly from the GGUF),
+# so a directory converted by an older version is never reused.
+CONVERSION_VERSION = 2
+
+
+def _embedded_target(gguf: Path) -> Path:
+    return cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}-c{CONVERSION_VERSION}"
 
 
 def embedded_model_dir() -> Path:
     """The converted embedded model in the cache; converted on first use, rebuilt if damaged."""
     gguf = embedded_gguf_path()
-    target = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+    target = _embedded_target(gguf)
     if target.is_dir() and _verify_dir(target):
         return target
     if target.exists():
@@ -186,7 +224,7 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> tuple[Path, str]:
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
         st = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{CONVERSION_VERSION}".encode()).hexdigest()[:16]
         target = cache_dir() / "models" / f"{path.stem}-{key}"
         if not (target.is_dir() and _verify_dir(target)):
             gguf_to_hf_dir(path, target)
@@ -201,7 +239,7 @@ def model_config(spec: str | os.PathLike | None = None):
 
     if spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME):
         gguf = embedded_gguf_path()
-        cached = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+        cached = _embedded_target(gguf)
         if (cached / "config.json").is_file():
             return AutoConfig.from_pretrained(cached), f"embedded:{EMBEDDED_NAME}"
         return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name), f"embedded:{EMBEDDED_NAME}"

@@ -353,7 +353,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             report = prune_model(lm.model, pcfg, batch, scores, progress=progress, channel_scores=channel_scores)
             save_pruned(lm.model, lm.tokenizer, pruned_dir, report, {
                 "model": lm.source, "calibration": {"spec": cfg.calib, "problems": batch.n, "hash": batch.fingerprint()},
-                "head_scores": scores["hashes"]["cache_key"] if scores else None}, overwrite=True)
+                "head_scores": scores["hashes"]["cache_key"] if scores else None}, overwrite=True, source_dir=lm.path)
             manifest["pruned"] = {"dir": str(pruned_dir), "cache_hit": False}
         manifest["pruned"].update({"method": report["method"], "pattern": report["pattern"],
                                    "achieved_sparsity": report["achieved_sparsity"]})

@@ -94,14 +94,14 @@ def _tokenizer_fields(model_dir: Path, tokenizer) -> dict:
     return {"tokens": tokens, "types": types, "merges": merges}
 
 
-def _pre_tokenizer(model_dir: Path) -> str:
-    """llama.cpp pre-tokenizer name: recorded by the GGUF conversion when known, else GPT-2's."""
-    src = model_dir / "cap_edge_source.json"
-    if src.is_file():
-        pre = json.loads(src.read_text()).get("gguf_pre")
-        if pre:
-            return pre
-    return "gpt-2"
+def _artifact_name(model_dir: Path, source: dict, metadata: dict | None) -> str:
+    """general.name: the source model's name, then the pruning method and sparsity (never a cache hash)."""
+    base = source.get("name") or (metadata or {}).get("name") or model_dir.name
+    meta = metadata or {}
+    method = meta.get("pruning_method")
+    if not method or method == "none":
+        return str(base)
+    return f"{base} {method} {meta.get('sparsity_pattern', '')} {float(meta.get('sparsity', 0)):.2f}".replace("  ", " ")
 
 
 def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f16", metadata: dict | None = None,
@@ -113,7 +113,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     from gguf.quants import quantize
     from transformers import AutoConfig, AutoTokenizer
 
-    from cap_edge.models import load_weights
+    from cap_edge.models import load_weights, source_info
     from cap_edge.structure import is_structured, layer_sizes
 
     if precision not in PRECISIONS:
@@ -127,6 +127,8 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     except Exception as e:
         raise ExportError(f"{model_dir}: could not load the tokenizer ({e}); a GGUF needs it") from e
     tok = _tokenizer_fields(model_dir, tokenizer)
+    source = source_info(model_dir)
+    keys = source.get("keys", {})
     model = load_weights(model_dir, torch.float32)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
@@ -146,7 +148,10 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     fallbacks = []
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
-        w.add_name(str(metadata.get("name", model_dir.name)) if metadata else model_dir.name)
+        w.add_name(_artifact_name(model_dir, source, metadata))
+        for key, value in keys.items():  # license, basename, ... as the source file had them
+            if key.startswith("general.") and key not in ("general.quantization_version",):
+                w.add_string(key, str(value))
         w.add_context_length(cfg.max_position_embeddings)
         w.add_embedding_length(cfg.hidden_size)
         w.add_block_count(cfg.num_hidden_layers)
@@ -166,7 +171,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
         w.add_vocab_size(cfg.vocab_size)
         w.add_file_type(_file_type(precision))
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(_pre_tokenizer(model_dir))
+        w.add_tokenizer_pre(str(keys.get("tokenizer.ggml.pre", source.get("gguf_pre") or "gpt-2")))
         w.add_token_list(tok["tokens"])
         w.add_token_types(tok["types"])
         w.add_token_merges(tok["merges"])
@@ -174,7 +179,11 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
                             (w.add_unk_token_id, tokenizer.unk_token_id), (w.add_pad_token_id, tokenizer.pad_token_id)):
             if tid is not None:
                 setter(int(tid))
-        w.add_add_bos_token(False)
+        w.add_add_bos_token(bool(keys.get("tokenizer.ggml.add_bos_token", getattr(tokenizer, "add_bos_token", False))))
+        if "tokenizer.ggml.add_space_prefix" in keys:
+            w.add_add_space_prefix(bool(keys["tokenizer.ggml.add_space_prefix"]))
+        if precision in ("q8_0", "q4_0"):
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         if getattr(tokenizer, "chat_template", None):
             w.add_chat_template(tokenizer.chat_template)
         for k, v in (metadata or {}).items():
