@@ -17,7 +17,7 @@ from _common import table, write_result
 from cap_edge.config import PruneConfig, ScoreConfig
 from cap_edge.errors import ValidationError
 from cap_edge.models import load_model
-from cap_edge.pipeline import export_artifact
+from cap_edge.deploy.export import export_artifact
 from cap_edge.prune_io import save_pruned
 from cap_edge.pruning import prune_model
 from cap_edge.scoring import build_calib_batch, score_heads

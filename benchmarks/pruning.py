@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from _common import RESULTS, table, write_result
 from cap_edge.config import PruneConfig, ScoreConfig
 from cap_edge.evaluate import TorchBackend, evaluate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _common import table, write_result
 from cap_edge.errors import ValidationError
-from cap_edge.pipeline import export_artifact
+from cap_edge.deploy.export import export_artifact
 
 CONFIGS = [("qdq16", ()), ("qdq16", ("norm",)), ("qdq16", ("norm", "/Add")), ("qdq16", ("norm", "/Add", "down_proj")),
            ("qdq8", ("norm", "/Add")), ("qdq8", ("norm", "/Add", "down_proj"))]

@@ -31,7 +31,7 @@ from cap_edge.config import PruneConfig, ScoreConfig, replace
 from cap_edge.errors import ValidationError
 from cap_edge.evaluate import TorchBackend, evaluate, mcnemar
 from cap_edge.models import load_model
-from cap_edge.pipeline import export_artifact, measure_artifact
+from cap_edge.deploy.export import export_artifact, measure_artifact
 from cap_edge.prune_io import save_pruned
 from cap_edge.pruning import prune_structured, refit_batch
 from cap_edge.scoring import score_channels, score_heads

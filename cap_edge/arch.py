@@ -66,10 +66,6 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return mod
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    return get_module(model, arch_for(model).layers)
-
-
 @dataclass(frozen=True)
 class HeadGeometry:
     num_layers: int

@@ -7,7 +7,12 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # profiles import this module, so only for the annotation
+    from device_profiles import DeviceProfile
 
 SCORE_MODES = ("exact", "attribution", "hybrid", "naive")
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda")
@@ -138,3 +143,55 @@ class PruneConfig:
 def replace(cfg, **changes):
     """dataclasses.replace that re-runs validation."""
     return dataclasses.replace(cfg, **changes)
+
+
+BUILD_SCORE_MODES = ("exact", "attribution", "hybrid")
+
+
+def _count(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build needs; the CLI's flags and the Python API both produce one."""
+
+    profile: "DeviceProfile"
+    out: str
+    model: str | None = None
+    calib: str = "embedded"
+    eval_tasks: str = "embedded"
+    eval_per_family: int = 10
+    prune: PruneConfig | None = None  # None -> the profile's
+    budget: BudgetConfig | None = None  # None -> the profile's
+    score_mode: str = "exact"
+    prompt_tokens: int = 64
+    gen_tokens: int = 32
+    runs: int = 3
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not hasattr(self.profile, "export") or not hasattr(self.profile, "hardware"):
+            raise ConfigError(f"build: expected a device profile, got {type(self.profile).__name__}")
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ConfigError(f"build output directory: expected a path, got {self.out!r}")
+        if self.score_mode not in BUILD_SCORE_MODES:
+            raise ConfigError(f"score mode: expected one of {', '.join(BUILD_SCORE_MODES)}, got {self.score_mode!r}")
+        if self.prune is not None and not isinstance(self.prune, PruneConfig):
+            raise ConfigError(f"build prune: expected a PruneConfig, got {type(self.prune).__name__}")
+        if self.budget is not None and not isinstance(self.budget, BudgetConfig):
+            raise ConfigError(f"build budget: expected a BudgetConfig, got {type(self.budget).__name__}")
+        for name in ("eval_per_family", "prompt_tokens", "gen_tokens", "runs"):
+            _count(f"--{name.replace('_', '-')}", getattr(self, name))
+
+    @property
+    def prune_cfg(self) -> PruneConfig:
+        return self.prune or self.profile.prune
+
+    @property
+    def budget_cfg(self) -> BudgetConfig:
+        return self.budget or self.profile.budget
+
+    def outputs(self) -> list[tuple[str, str]]:
+        return self.profile.export.pairs()

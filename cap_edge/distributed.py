@@ -21,7 +21,9 @@ import torch
 
 from .config import ScoreConfig
 from .io import cache_dir, write_json
-from .scoring import CalibBatch, ScoringEngine, _empty_result, subset_losses, summarise_effects
+from .scoring.batch import CalibBatch
+from .scoring.cache import cache_path, head_result, read_cache, write_scores
+from .scoring.engine import ScoringEngine, subset_losses, summarise_effects
 
 
 def world() -> tuple[int, int]:
@@ -76,26 +78,53 @@ def _job_path(key: str, layer: int, heads: list[int]) -> Path:
     return cache_dir() / "scores" / f"{key}.jobs" / f"{layer}-{heads[0]}-{heads[-1]}.json"
 
 
-def distributed_scores(model, batch: CalibBatch, cfg: ScoreConfig, cache_key: str, progress: bool = True,
-                       head_group: int | None = None) -> dict | None:
-    """Run this rank's jobs; rank 0 returns the full result (others return None)."""
+def _job_ok(path: Path, heads: list[int], K: int) -> bool:
+    """A finished job file that holds one K-vector of effects per head; anything else is redone."""
+    try:
+        data = json.loads(path.read_text())
+        eff = data["effects"]
+        return data["heads"] == heads and len(eff) == len(heads) and all(len(e) == K for e in eff)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def distributed_scores(model, batch: CalibBatch, cfg: ScoreConfig, cache_key: str, model_fp: str, progress: bool = True,
+                       head_group: int | None = None, force: bool = False) -> dict | None:
+    """Run this rank's jobs; rank 0 returns the full result (others return None). A complete cached
+    result is reused unless ``force``; with ``force`` one rank clears the jobs first (the others wait,
+    or they could delete jobs another rank has just written)."""
     import torch.distributed as dist
 
     rank, size = world()
     engine = ScoringEngine(model, batch, cfg.subsets, cfg.max_batch_tokens)
     g = engine.g
     L, H, K = g.num_layers, g.num_heads, cfg.subsets
+    done = cache_path(cache_key)
+    if not force:
+        cached = read_cache(done, num_layers=L, num_units=H, target="heads", model_fp=model_fp) if rank == 0 else None
+        hit = [cached is not None and cached["complete"]]
+        if size > 1:
+            dist.broadcast_object_list(hit, src=0)
+        if hit[0]:
+            if rank != 0:
+                return None
+            cached["cache_hit"] = True
+            return cached
+    else:
+        if rank == 0:
+            import shutil
+
+            shutil.rmtree(done.with_suffix(".jobs"), ignore_errors=True)
+            done.unlink(missing_ok=True)
+        barrier()
     group = head_group or H
     mine = plan_jobs(L, H, group, size)[rank]
     t0 = time.perf_counter()
     intact = engine.intact()
     busy, computed, reused = 0.0, 0, 0
-    fail_after = os.environ.get("CAP_EDGE_TEST_FAIL_RANK_AFTER")  # test hook: "RANK:JOBS" makes that rank die
-    for i, (l, heads) in enumerate(mine):
-        if fail_after and int(fail_after.split(":")[0]) == rank and i >= int(fail_after.split(":")[1]):
-            os._exit(17)  # simulate a crashed worker
+    for l, heads in mine:
         p = _job_path(cache_key, l, heads)
-        if p.is_file():
+        if _job_ok(p, heads, K):
             reused += 1
             continue
         s = time.perf_counter()
@@ -113,7 +142,7 @@ def distributed_scores(model, batch: CalibBatch, cfg: ScoreConfig, cache_key: st
         all_stats = [stats]
     if rank != 0:
         return None
-    result = _empty_result(g, cfg)
+    result = head_result(g, cfg.mode, cfg.subsets)
     result["intact_loss"] = {"subsets": [float(v) for v in intact], "all": float(engine.intact_rows.sum() / batch.tokens.sum())}
     per_layer: dict[int, list] = {l: [None] * H for l in range(L)}
     for l in range(L):
@@ -127,5 +156,6 @@ def distributed_scores(model, batch: CalibBatch, cfg: ScoreConfig, cache_key: st
     result["seconds"] = max(s["wall_s"] for s in all_stats)
     result["distributed"] = {"world_size": size, "backend": dist.get_backend() if size > 1 else "none",
                              "head_group": group, "ranks": all_stats, "intact_pass": "recomputed per rank"}
-    write_json(cache_dir() / "scores" / f"{cache_key}.json", result)
+    result["cache_hit"] = False
+    write_scores(done, result)
     return result

@@ -48,3 +48,15 @@ class ValidationError(CapEdgeError):
 
 class MemoryBudgetError(CapEdgeError):
     """The model does not fit the device profile's memory budget."""
+
+
+class RuntimeLoadError(CapEdgeError):
+    """A runtime could not load or run an artifact."""
+
+
+class MeasurementError(CapEdgeError):
+    """Measuring an artifact's latency or memory failed."""
+
+
+class ScoresError(CapEdgeError):
+    """A head- or channel-score file or cache entry does not fit the model (or is damaged)."""

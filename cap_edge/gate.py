@@ -1,8 +1,30 @@
-"""Regression gate: compare a bench result with a stored baseline under explicit tolerances."""
+"""Regression gate: compare a bench result with a stored baseline under explicit tolerances.
+
+It refuses what it cannot judge: a result for another device, another artifact set or another set
+of metrics is a ``GateMismatch`` (CLI exit 4), not a pass; a metric the baseline has and the result
+lacks is a regression, not a skip; unreadable input is a ``CapEdgeError`` (exit 2)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CapEdgeError
+
+# metric name -> (path inside an artifact entry, worse when higher?)
+METRICS = {
+    "accuracy": (("accuracy", "acc"), False),
+    "ttft_s": (("latency", "ttft_s"), True),
+    "decode_tok_s": (("latency", "decode_tok_s"), False),
+    "peak_rss_mb": (("latency", "peak_rss_mb"), True),
+    "bytes": (("bytes",), True),
+}
+
+
+class GateMismatch(CapEdgeError):
+    """The result and the baseline cannot be compared (device, artifact set or metric set differ)."""
 
 
 @dataclass(frozen=True)
@@ -13,40 +35,83 @@ class Tolerances:
     size_frac: float = 0.01
 
 
+def read_json_input(path: str | Path, what: str) -> dict:
+    """A bench result or baseline file, or CapEdgeError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapEdgeError(f"{what} file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CapEdgeError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except ValueError as e:
+        raise CapEdgeError(f"{what} {path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
+        raise CapEdgeError(f"{what} {path}: expected a bench result (an object with 'artifacts'), got "
+                           f"{type(data).__name__}{'' if not isinstance(data, dict) else ' without artifacts'}")
+    return data
+
+
+def _value(entry: dict, path: tuple[str, ...]):
+    v = entry
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _metrics(entry: dict) -> set[str]:
+    return {m for m, (path, _) in METRICS.items() if _value(entry, path) is not None}
+
+
+def check_comparable(current: dict, baseline: dict) -> None:
+    if not baseline.get("artifacts"):
+        raise GateMismatch("the baseline holds no artifacts: nothing to judge against")
+    if current.get("device") != baseline.get("device"):
+        raise GateMismatch(f"device differs: result {current.get('device')!r}, baseline {baseline.get('device')!r}")
+    cur, base = set(current["artifacts"]), set(baseline["artifacts"])
+    if cur != base:
+        raise GateMismatch(f"artifact sets differ: only in the result {sorted(cur - base)}, only in the baseline {sorted(base - cur)}")
+    for name in sorted(base):
+        mb = _metrics(baseline["artifacts"][name])
+        if not mb:
+            raise GateMismatch(f"{name}: the baseline has none of the gated metrics ({', '.join(METRICS)})")
+        extra = _metrics(current["artifacts"][name]) - mb
+        if extra:
+            raise GateMismatch(f"{name}: the result has metrics the baseline lacks: {sorted(extra)}")
+
+
 def compare(current: dict, baseline: dict, tol: Tolerances = Tolerances()) -> list[dict]:
     """Regressions of ``current`` against ``baseline`` (bench results keyed by artifact name).
 
-    Each regression: artifact, metric, baseline, current, change, allowed."""
+    Each regression: artifact, metric, baseline, current, change, allowed. Raises GateMismatch when
+    the two cannot be compared."""
+    check_comparable(current, baseline)
     out = []
     for name, base in baseline["artifacts"].items():
-        cur = current["artifacts"].get(name)
-        if cur is None:
-            out.append({"artifact": name, "metric": "present", "baseline": "yes", "current": "missing", "change": "-", "allowed": "present"})
-            continue
-
-        def check(metric, b, c, worse_if_higher, allowed_frac=None, allowed_abs=None):
-            if b is None or c is None:
-                return
-            if allowed_abs is not None:
-                bad = (c - b > allowed_abs) if worse_if_higher else (b - c > allowed_abs)
-                allowed = f"{'+' if worse_if_higher else '-'}{allowed_abs:.4f}"
-                change = f"{c - b:+.4f}"
+        cur = current["artifacts"][name]
+        for metric, (path, worse_if_higher) in METRICS.items():
+            b, c = _value(base, path), _value(cur, path)
+            if b is None:
+                continue
+            if c is None:
+                out.append({"artifact": name, "metric": metric, "baseline": b, "current": "missing", "change": "-",
+                            "allowed": "present"})
+                continue
+            if metric == "accuracy":
+                ci = base["accuracy"].get("ci95") or [b, b]
+                allowed_abs = (ci[1] - ci[0]) / 2 + tol.accuracy_points
+                bad = b - c > allowed_abs
+                allowed, change = f"-{allowed_abs:.4f}", f"{c - b:+.4f}"
             else:
-                bad = (c > b * (1 + allowed_frac)) if worse_if_higher else (c < b / (1 + allowed_frac))
-                allowed = f"{'+' if worse_if_higher else '-'}{allowed_frac:.0%}"
+                frac = tol.latency_frac if metric in ("ttft_s", "decode_tok_s") else (
+                    tol.memory_frac if metric == "peak_rss_mb" else tol.size_frac)
+                bad = (c > b * (1 + frac)) if worse_if_higher else (c < b / (1 + frac))
+                allowed = f"{'+' if worse_if_higher else '-'}{frac:.0%}"
                 change = f"{(c / b - 1) if b else float('inf'):+.1%}"
             if bad:
                 out.append({"artifact": name, "metric": metric, "baseline": b, "current": c, "change": change, "allowed": allowed})
-
-        acc_b, acc_c = base.get("accuracy"), cur.get("accuracy")
-        if acc_b and acc_c:
-            half = (acc_b["ci95"][1] - acc_b["ci95"][0]) / 2
-            check("accuracy", acc_b["acc"], acc_c["acc"], False, allowed_abs=half + tol.accuracy_points)
-        lb, lc = base.get("latency", {}), cur.get("latency", {})
-        check("ttft_s", lb.get("ttft_s"), lc.get("ttft_s"), True, tol.latency_frac)
-        check("decode_tok_s", lb.get("decode_tok_s"), lc.get("decode_tok_s"), False, tol.latency_frac)
-        check("peak_rss_mb", lb.get("peak_rss_mb"), lc.get("peak_rss_mb"), True, tol.memory_frac)
-        check("bytes", base.get("bytes"), cur.get("bytes"), True, tol.size_frac)
     return out
 
 
@@ -59,7 +124,3 @@ def format_regressions(regs: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(head)), "  ".join("-" * x for x in w)]
     lines += ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     return "\n".join(lines)
-
-
-def tolerances_dict(t: Tolerances) -> dict:
-    return asdict(t)

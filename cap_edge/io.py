@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def cache_dir() -> Path:
     """``$CAP_EDGE_CACHE``, else ``$XDG_CACHE_HOME/cap-edge``, else ``~/.cache/cap-edge``."""
     env = os.environ.get("CAP_EDGE_CACHE")
@@ -45,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts must be readable in containers
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -59,10 +66,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+DIGESTS_FILE = "cap_edge_cache.json"
+
+
+def write_digests(path: Path) -> None:
+    """Record the sha256 of every file of a directory (a cache entry), for ``verify_digests``."""
+    digests = {p.name: sha256_file(p) for p in sorted(Path(path).iterdir()) if p.is_file() and p.name != DIGESTS_FILE}
+    (Path(path) / DIGESTS_FILE).write_text(json.dumps({"sha256": digests}, indent=2))
+
+
+def verify_digests(path: Path) -> bool:
+    """True when every file recorded by ``write_digests`` is present with the same sha256."""
+    meta = Path(path) / DIGESTS_FILE
+    try:
+        expected = json.loads(meta.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(expected, dict) or not expected:
+        return False
+    return all((Path(path) / n).is_file() and sha256_file(Path(path) / n) == d for n, d in expected.items())
 
 
 @contextlib.contextmanager
@@ -78,6 +100,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise ConfigError(f"output directory {path} is not empty (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
@@ -92,3 +115,29 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str = "output", need_bytes: int = 0) -> None:
+    """Before any work: refuse an output path that is a file, a non-empty directory (unless
+    ``overwrite``, which then empties it), a location that is not writable, or a disk with less free
+    space than ``need_bytes``. Raises ConfigError naming the path."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} path {path} is a file; expected a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{what} directory {path} is not empty (pass --overwrite to replace its contents)")
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} directory {path}: {parent} is not writable")
+    if need_bytes:
+        free = shutil.disk_usage(parent).free
+        if free < need_bytes:
+            raise ConfigError(f"{what} directory {path}: needs about {need_bytes / 2**20:.0f} MB, "
+                              f"{free / 2**20:.0f} MB free on that disk")

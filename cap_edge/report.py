@@ -61,6 +61,39 @@ def build_report_md(m: dict) -> str:
 
 
 
+def heatmap_figure(result: dict):
+    """Heads (or channel groups) x layers, coloured by the median Δ answer CE when masked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .scoring import score_matrix
+
+    m = score_matrix(result).numpy()
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * m.shape[1] + 2), max(4, 0.22 * m.shape[0] + 1.5)))
+    lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+    im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xlabel("head" if result.get("target", "heads") == "heads" else "channel group")
+    ax.set_ylabel("layer")
+    ax.set_title(f"CAP scores ({result['mode']}): median Δ answer CE when masked")
+    fig.colorbar(im, ax=ax, label="Δ cross-entropy (nats)")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_png(result: dict, path) -> None:
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig = heatmap_figure(result)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -93,7 +126,7 @@ def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
         fig.tight_layout()
         out["Latency and memory, dense vs pruned"] = _png(fig)
     sj = Path(json.loads((build_dir / "manifest.json").read_text())["pruned"]["dir"]) / "sparsity.json"
-    if sj.is_file():
+    if sj.is_file() and "layers" in json.loads(sj.read_text()):
         layers = json.loads(sj.read_text())["layers"]
         by_kind: dict[str, list[tuple[int, float]]] = {}
         for name, v in layers.items():
@@ -112,18 +145,7 @@ def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
         out["Per-layer sparsity"] = _png(fig)
     hs = build_dir / "head_scores.json"
     if hs.is_file():
-        from .scoring import score_matrix
-
-        m = score_matrix(json.loads(hs.read_text())).numpy()
-        fig, ax = plt.subplots(figsize=(5, 6))
-        lim = float(np.nanmax(np.abs(m)))
-        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, label="Δ answer CE when masked")
-        ax.set_title("CAP head scores")
-        fig.tight_layout()
-        out["CAP head-score heatmap"] = _png(fig)
+        out["CAP head-score heatmap"] = _png(heatmap_figure(json.loads(hs.read_text())))
     if sweep:
         dense = sweep["dense"]
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -164,6 +186,12 @@ def _ratio_rows(bench: dict) -> list[list[str]]:
 
 def _md_table(head, rows) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def bench_tables(bench: dict) -> str:
+    """The bench's measurements and its pruned / dense ratios as markdown tables."""
+    return (_md_table(BENCH_HEAD, _bench_rows(bench)) + "\n\nratios pruned/dense (host-measured):\n"
+            + _md_table(RATIO_HEAD, _ratio_rows(bench)))
 
 
 def write_bench_report(bench: dict, build_dir: str | Path, out_dir: str | Path, sweep: dict | None = None) -> tuple[Path, Path]:

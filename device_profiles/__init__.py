@@ -27,15 +27,16 @@ class ProfileError(ConfigError):
 
 @dataclass(frozen=True)
 class ExportSpec:
-    formats: tuple[str, ...]
-    onnx_precisions: tuple[str, ...] = ()
-    gguf_precisions: tuple[str, ...] = ()
+    outputs: tuple[str, ...]  # "FORMAT:PRECISION" entries of exporters.formats.FORMATS, e.g. "gguf:q8_0"
     # onnx-static: fixed-shape prefill/decode graphs, static QDQ (exporters/onnx_static.py)
-    static_precisions: tuple[str, ...] = ()
     static_chunk: int = 64  # prefill graph's fixed token count
     keep_float: tuple[str, ...] = ()  # node-name substrings left unquantized (mixed precision)
     op_table: str = ""  # device_profiles/ops/NAME.toml: ops the target execution provider takes
     unsupported_ops: str = "warn"  # "warn" or "fail" when a graph has ops outside op_table
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """[(format, precision), ...] in the profile's order."""
+        return [tuple(o.rsplit(":", 1)) for o in self.outputs]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class DeviceProfile:
 
 
 DETECTORS = ("host", "jetson", "qnn", "raspberry-pi")
+_OLD_OUTPUT_KEYS = ("formats", "onnx_precisions", "gguf_precisions", "static_precisions")
+_RENAMED = {k: ' (formats and per-format precision lists became one list: outputs = ["gguf:q8_0", "onnx:int8"])'
+            for k in _OLD_OUTPUT_KEYS}
 _NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec}
 # PruneConfig fields a profile may set (the rest are algorithm internals)
 _PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern", "min_heads", "scope"), BudgetConfig: ("problems", "tokens_per_problem", "seconds")}
@@ -113,7 +117,8 @@ def _build(cls, data: dict, where: str):
     allowed = _PROFILE_FIELDS.get(cls, tuple(f.name for f in dataclasses.fields(cls) if f.name != "path"))
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise ProfileError(f"{where}: unknown key '{unknown[0]}'; expected one of: {', '.join(allowed)}")
+        hint = _RENAMED.get(unknown[0], "")
+        raise ProfileError(f"{where}: unknown key '{unknown[0]}'; expected one of: {', '.join(allowed)}{hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in allowed:
@@ -133,32 +138,52 @@ def _build(cls, data: dict, where: str):
         raise ProfileError(f"{where}: {e}") from e
 
 
+def _positive(where: str, section: str, key: str, value, allow_zero: bool = False) -> None:
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ProfileError(f"{where} [{section}]: key '{key}' expected a {'non-negative' if allow_zero else 'positive'} "
+                           f"number, got {value!r}")
+
+
 def _validate(p: DeviceProfile, where: str) -> DeviceProfile:
+    """Cross-field and range checks, each naming the key at fault (checked in dependency order)."""
+    from exporters.formats import parse_output  # profile data is checked against the format registry
+
+    from cap_edge.errors import ExportError
+
     if p.detector not in DETECTORS:
         raise ProfileError(f"{where}: key 'detector' expected one of {', '.join(DETECTORS)}, got {p.detector!r}")
-    for f in p.export.formats:
-        if f not in ("onnx", "gguf", "onnx-static"):
-            raise ProfileError(f"{where} [export]: key 'formats' expected onnx, gguf or onnx-static entries, got {f!r}")
-    from exporters import EXPORTERS  # profile data is checked against the registered precisions
-
-    if p.export.unsupported_ops not in ("warn", "fail"):
-        raise ProfileError(f"{where} [export]: key 'unsupported_ops' expected warn or fail, got {p.export.unsupported_ops!r}")
-    if p.export.static_chunk < 1 or p.export.static_chunk > p.runtime.context_length:
-        raise ProfileError(f"{where} [export]: key 'static_chunk' expected 1..context_length, got {p.export.static_chunk}")
-    if p.export.op_table:
+    hw, rt, ex = p.hardware, p.runtime, p.export
+    for key in ("memory_budget_mb", "memory_bandwidth_gbs", "dense_tops", "sparse_tops"):
+        _positive(where, "hardware", key, getattr(hw, key))
+    if hw.sparse_tops < hw.dense_tops:
+        raise ProfileError(f"{where} [hardware]: key 'sparse_tops' expected >= dense_tops ({hw.dense_tops}), got {hw.sparse_tops}")
+    if hw.sparse_pattern not in ("none", "2:4", "4:8"):
+        raise ProfileError(f"{where} [hardware]: key 'sparse_pattern' expected none, 2:4 or 4:8, got {hw.sparse_pattern!r}")
+    _positive(where, "runtime", "context_length", rt.context_length)
+    _positive(where, "runtime", "llamacpp_gpu_layers", rt.llamacpp_gpu_layers, allow_zero=True)
+    if not rt.onnx_providers:
+        raise ProfileError(f"{where} [runtime]: key 'onnx_providers' expected at least one provider, got []")
+    if not ex.outputs:
+        raise ProfileError(f"{where} [export]: key 'outputs' expected at least one FORMAT:PRECISION, got []")
+    for o in ex.outputs:
+        try:
+            parse_output(o)
+        except ExportError as e:
+            raise ProfileError(f"{where} [export]: key 'outputs' entry {o!r}: {e}") from e
+    if len(set(ex.outputs)) != len(ex.outputs):
+        raise ProfileError(f"{where} [export]: key 'outputs' lists an output twice: {list(ex.outputs)}")
+    if ex.unsupported_ops not in ("warn", "fail"):
+        raise ProfileError(f"{where} [export]: key 'unsupported_ops' expected warn or fail, got {ex.unsupported_ops!r}")
+    if not 1 <= ex.static_chunk <= rt.context_length:
+        raise ProfileError(f"{where} [export]: key 'static_chunk' expected 1..context_length ({rt.context_length}), "
+                           f"got {ex.static_chunk}")
+    if ex.op_table:
         from exporters.op_coverage import load_op_table
 
         try:
-            load_op_table(p.export.op_table)
+            load_op_table(ex.op_table)
         except ConfigError as e:
             raise ProfileError(f"{where} [export]: key 'op_table': {e}") from e
-    for fmt, precs in (("onnx", p.export.onnx_precisions), ("gguf", p.export.gguf_precisions),
-                       ("onnx-static", p.export.static_precisions)):
-        for pr in precs:
-            if pr not in EXPORTERS[fmt][1]:
-                raise ProfileError(f"{where} [export]: {fmt} precision {pr!r} unknown; expected one of {', '.join(EXPORTERS[fmt][1])}")
-    if p.hardware.sparse_pattern not in ("none", "2:4", "4:8"):
-        raise ProfileError(f"{where} [hardware]: key 'sparse_pattern' expected none, 2:4 or 4:8, got {p.hardware.sparse_pattern!r}")
     return p
 
 
@@ -171,7 +196,9 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
             raise ProfileError(f"unknown device {s!r}; known: {', '.join(list_profiles())} (or pass a .toml path)")
         raise ProfileError(f"device profile file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a profile is a TOML text file") from e
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path}: not valid TOML ({e})") from e
     prof = _build(DeviceProfile, data, str(path))

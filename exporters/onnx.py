@@ -17,14 +17,13 @@ import numpy as np
 
 from cap_edge.errors import ExportError
 
+from .bundle import HF_SIDE_FILES as SIDE_FILES  # beside model.onnx: optimum and tokenizers load the folder
 from .bundle import Artifact, move_into
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
-# shipped beside model.onnx so optimum's ORTModelForCausalLM and tokenizers load the directory
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _save(model, path: Path) -> list[Path]:

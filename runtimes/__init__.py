@@ -1,27 +1,31 @@
-"""Runtimes behind one small interface (``base.Runtime``): ONNX Runtime and llama.cpp.
-
-Explicit registry: format name -> loader. Imports are lazy so a missing optional runtime fails
-with its own clear ImportError when used, never silently.
-"""
+"""Runtimes behind one small interface (``base.Runtime``), by name. ``exporters.formats`` says
+which runtime runs each format. The classes import their runtime package when instantiated, so a
+missing optional runtime fails with its own clear error when used, never silently."""
 
 from __future__ import annotations
 
+from cap_edge.errors import RuntimeLoadError
 
-def load_runtime(fmt: str, path, **kwargs):
-    if fmt == "onnx":
-        from .onnxruntime import OnnxCausalLM
+from .llamacpp import LlamaCppLM
+from .onnx_static import StaticKVLM
+from .onnxruntime import OnnxCausalLM
 
-        return OnnxCausalLM(path, **kwargs)
-    if fmt == "onnx-static":
-        from .onnx_static import StaticKVLM
-
-        return StaticKVLM(path, **kwargs)
-    if fmt == "gguf":
-        from .llamacpp import LlamaCppLM
-
-        return LlamaCppLM(path, **kwargs)
-    raise ValueError(f"no runtime for format {fmt!r}; known: {', '.join(RUNTIMES)}")
+RUNTIMES = {
+    "onnxruntime": OnnxCausalLM,  # optimum-layout ONNX with a KV cache (runtimes/onnxruntime.py)
+    "onnxruntime-static": StaticKVLM,  # fixed-shape prefill/decode driver (runtimes/onnx_static.py)
+    "llama.cpp": LlamaCppLM,  # GGUF through llama-cpp-python (runtimes/llamacpp.py)
+}
 
 
-RUNTIMES = {"onnx": "onnxruntime (runtimes/onnxruntime.py)", "gguf": "llama.cpp (runtimes/llamacpp.py)",
-            "onnx-static": "onnxruntime, fixed-shape prefill/decode driver (runtimes/onnx_static.py)"}
+def load_runtime(name: str, path, **kwargs):
+    """An instance of runtime ``name`` on the artifact at ``path``; failures are RuntimeLoadError."""
+    try:
+        cls = RUNTIMES[name]
+    except KeyError:
+        raise RuntimeLoadError(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}") from None
+    try:
+        return cls(path, **kwargs)
+    except RuntimeLoadError:
+        raise
+    except Exception as e:  # the runtimes raise many types (ORT's Fail, llama.cpp's ValueError, ...)
+        raise RuntimeLoadError(f"{name} could not load {path}: {e}") from e

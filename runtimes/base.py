@@ -115,12 +115,3 @@ def latency_summary(rt: Runtime, prompt_tokens: int, gen_tokens: int, runs: int 
     return {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "runs": runs,
             "ttft_s": stat(ttft), "prefill_tok_s": stat([prompt_tokens / t for t in ttft]),
             "decode_tok_s": stat(decode)}
-
-
-class Timer:
-    def __enter__(self):
-        self.t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.s = time.perf_counter() - self.t

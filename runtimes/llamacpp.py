@@ -14,6 +14,11 @@ from .base import KVCacheLM
 class LlamaCppLM(KVCacheLM):
     name = "llama.cpp"
 
+    @staticmethod
+    def profile_options(rt, eos_token_id: int | None = None) -> dict:
+        """Loader kwargs from a device profile's runtime section (the GGUF names its own EOS)."""
+        return {"n_gpu_layers": rt.llamacpp_gpu_layers, "n_ctx": rt.context_length}
+
     KV_TYPES = {"f16": 1, "f32": 0}  # GGML type ids
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,

@@ -1,6 +1,6 @@
 """Measure one artifact in a fresh process so peak resident memory is the runtime's own.
 
-    python -m runtimes.measure FORMAT PATH --prompt-tokens P --gen-tokens G --runs N [--providers ...]
+    python -m runtimes.measure RUNTIME PATH --prompt-tokens P --gen-tokens G --runs N [--options JSON]
 
 Prints one JSON object: latency summary (runtimes.base.latency_summary) + peak_rss_mb + load_s.
 """
@@ -30,17 +30,16 @@ def peak_rss_mb() -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("format")
+    ap.add_argument("runtime", help="a key of runtimes.RUNTIMES")
     ap.add_argument("path")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--providers", nargs="*", default=None)
+    ap.add_argument("--options", default="{}", help="loader kwargs as JSON (providers, provider_options, n_gpu_layers...)")
     ap.add_argument("--vocab", type=int, default=1000)
     a = ap.parse_args(argv)
-    kwargs = {"providers": a.providers} if (a.format.startswith("onnx") and a.providers) else {}
     t = time.perf_counter()
-    rt = load_runtime(a.format, a.path, **kwargs)
+    rt = load_runtime(a.runtime, a.path, **json.loads(a.options))
     load_s = time.perf_counter() - t
     res = latency_summary(rt, a.prompt_tokens, a.gen_tokens, runs=a.runs, vocab=a.vocab)
     res["load_s"] = load_s

@@ -16,11 +16,12 @@ from typing import Sequence
 import numpy as np
 
 from .base import KVCacheLM
-from .onnxruntime import make_session
+from .onnxruntime import make_session, provider_options
 
 
 class StaticKVLM(KVCacheLM):
     name = "onnxruntime-static"
+    profile_options = staticmethod(provider_options)
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  provider_options: dict | None = None, eos_token_id: int | None = None, pad_token_id: int = 0,
@@ -28,7 +29,9 @@ class StaticKVLM(KVCacheLM):
         self.path = Path(path)
         decode = self.path.with_name(self.path.name.replace("prefill", "decode"))
         if decode == self.path or not decode.is_file():
-            raise FileNotFoundError(f"expected the decode graph next to {self.path} (decode.onnx), found none")
+            from cap_edge.errors import RuntimeLoadError
+
+            raise RuntimeLoadError(f"expected the decode graph next to {self.path} (decode.onnx), found none")
         self.sessions = {"prefill": make_session(self.path, providers, provider_options),
                          "decode": make_session(decode, providers, provider_options)}
         self.providers = self.sessions["prefill"].get_providers()

@@ -40,8 +40,14 @@ def make_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProv
     return ort.InferenceSession(str(path), sess_options=so, providers=chosen, provider_options=opts)
 
 
+def provider_options(rt, eos_token_id: int | None) -> dict:
+    """Loader kwargs from a device profile's runtime section (device_profiles.RuntimeSpec)."""
+    return {"providers": tuple(rt.onnx_providers), "provider_options": dict(rt.provider_options), "eos_token_id": eos_token_id}
+
+
 class OnnxCausalLM(KVCacheLM):
     name = "onnxruntime"
+    profile_options = staticmethod(provider_options)
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                  provider_options: dict | None = None, eos_token_id: int | None = None, label: str = "host-measured"):

@@ -75,7 +75,9 @@ def test_device_marker_skips_with_reason(pytester):
 
 def test_html_report_is_self_contained(tmp_path, tiny_dir):
     from cap_edge.config import BudgetConfig
-    from cap_edge.pipeline import BuildConfig, bench, build
+    from cap_edge.config import BuildConfig
+    from cap_edge.deploy.bench import bench
+    from cap_edge.deploy.build import build
     from cap_edge.report import write_bench_report
     from device_profiles import load_profile
 

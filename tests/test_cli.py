@@ -42,8 +42,10 @@ def test_score_writes_json_and_heatmap_then_hits_cache(tiny_dir, tmp_path):
     assert d["complete"] and len(d["layers"]) == 2 and len(d["layers"]["0"]) == 4
     assert (out / "head_scores.png").read_bytes()[:4] == b"\x89PNG"
     r2 = runner.invoke(app, args)
+    assert r2.exit_code == 2 and "not empty" in r2.output  # never replaces earlier scores silently
+    r2 = runner.invoke(app, args + ["--overwrite"])
     assert r2.exit_code == 0 and "cache hit" in r2.output
-    r3 = runner.invoke(app, args + ["--force"])
+    r3 = runner.invoke(app, args + ["--force", "--overwrite"])
     assert "computed" in r3.output
 
 

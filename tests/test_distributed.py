@@ -19,10 +19,12 @@ def test_static_balance_accounts_for_layer_cost():
     assert {(l, h[0]) for jobs in plan for l, h in jobs} == {(l, h) for l in range(30) for h in (0, 3, 6)}
 
 
-def _torchrun(args, env, n=2):
+def _torchrun(args, env, n=2, die: tuple[int, int] | None = None):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc-per-node", str(n), "-m", "cap_edge.cli", "score", *args]
-    # torchrun runs `python -m cap_edge.cli`; its __main__ guard calls the typer app
+    target = ["-m", "cap_edge.cli"] if die is None else [os.path.join(os.path.dirname(__file__), "dying_rank.py"), *map(str, die)]
+    cmd = [torchrun, "--standalone", "--nproc-per-node", str(n), *target, "score", *args]
+    # torchrun runs `python -m cap_edge.cli` (its __main__ calls the typer app), or the helper that
+    # patches one rank to die
     # own session: torchrun signals its whole process group when a worker fails
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, start_new_session=True)
 
@@ -36,11 +38,11 @@ def test_two_processes_equal_single_and_restart_reuses_jobs(tiny_dir, tmp_path):
     # a rank that dies: the job fails, naming the rank; finished jobs stay in the cache
     dist_args = [*base, "--distributed", "--head-group", "1", "--out", str(tmp_path / "dist")]  # 8 jobs, 4 a rank
     # --force: the single run above already cached a complete result under the same key
-    bad = _torchrun([*dist_args, "--force"], {**env, "CAP_EDGE_TEST_FAIL_RANK_AFTER": "1:2"})  # rank 1 dies after 2 jobs
+    bad = _torchrun([*dist_args, "--force"], env, die=(1, 2))  # rank 1 dies after 2 jobs
     assert bad.returncode != 0
     assert "local_rank: 1" in bad.stderr and "exitcode: 17" in bad.stderr  # torchrun names the failed rank
     assert not (tmp_path / "dist" / "head_scores.json").exists()
-    ok = _torchrun(dist_args, env)
+    ok = _torchrun([*dist_args, "--overwrite"], env)
     assert ok.returncode == 0, ok.stderr[-2000:]
     a = json.loads((tmp_path / "single" / "head_scores.json").read_text())
     b = json.loads((tmp_path / "dist" / "head_scores.json").read_text())

@@ -5,7 +5,8 @@ import torch
 
 from cap_edge.arch import ARCHITECTURES, arch_for, head_geometry
 from cap_edge.errors import ModelLoadError, UnsupportedArchitectureError
-from cap_edge.models import _verify_dir, _write_verify, load_model, model_fingerprint, resolve_device, resolve_dtype
+from cap_edge.io import verify_digests, write_digests
+from cap_edge.models import load_model, model_fingerprint, resolve_device, resolve_dtype
 
 
 def test_load_hf_dir(tiny_dir, tiny_model):
@@ -42,12 +43,12 @@ def test_corrupt_weights_are_clear_error(tiny_dir):
 
 
 def test_cache_verification_detects_damage(tiny_dir):
-    _write_verify(tiny_dir)
-    assert _verify_dir(tiny_dir)
+    write_digests(tiny_dir)
+    assert verify_digests(tiny_dir)
     with open(tiny_dir / "model.safetensors", "r+b") as f:
         f.seek(200)
         f.write(b"\x00\x01\x02")
-    assert not _verify_dir(tiny_dir)
+    assert not verify_digests(tiny_dir)
 
 
 def test_device_and_dtype_resolution():
@@ -82,7 +83,7 @@ def test_embedded_model_loads_and_caches(monkeypatch):
 
     monkeypatch.delenv("CAP_EDGE_CACHE", raising=False)  # the real cache: convert at most once per machine
     d = embedded_model_dir()
-    assert d.is_relative_to(cache_dir()) and _verify_dir(d)
+    assert d.is_relative_to(cache_dir()) and verify_digests(d)
     lm = load_model(None)
     g = head_geometry(lm.model.config)
     assert (g.num_layers, g.num_heads, g.num_kv_heads, g.head_dim) == (30, 9, 3, 64)

@@ -1,5 +1,4 @@
 import json
-import warnings
 
 import pytest
 from typer.testing import CliRunner
@@ -7,7 +6,9 @@ from typer.testing import CliRunner
 from cap_edge.cli import app
 from cap_edge.config import BudgetConfig, PruneConfig
 from cap_edge.errors import MemoryBudgetError
-from cap_edge.pipeline import BuildConfig, build, check_memory, roofline
+from cap_edge.config import BuildConfig
+from cap_edge.deploy.build import build, output_specs
+from cap_edge.deploy.estimate import check_memory, memory_estimates, roofline
 from cap_edge.tasks import FAMILIES
 from device_profiles import ProfileError, detect, list_profiles, load_profile
 
@@ -19,7 +20,7 @@ def test_builtin_profiles_load_and_have_required_devices():
     for required in ("cpu", "jetson-orin", "mobile-npu", "raspberry-pi-5"):
         assert required in names
         p = load_profile(required)
-        assert p.hardware.memory_bandwidth_gbs > 0 and p.budget.problems > 0 and p.export.formats
+        assert p.hardware.memory_bandwidth_gbs > 0 and p.budget.problems > 0 and p.export.outputs
     assert load_profile("jetson-orin").prune.pattern == "2:4"
     assert load_profile("jetson-orin").runtime.provider_options["TensorrtExecutionProvider"]["trt_sparsity_enable"] == "True"
 
@@ -44,7 +45,7 @@ def test_user_profile_by_path(tmp_path):
     (("problems = 32", 'problems = "many"'), "key 'problems': expected int, got str"),
     (("memory_bandwidth_gbs = 51.2", 'memory_bandwidth_gbs = "fast"'), "key 'memory_bandwidth_gbs': expected float"),
     (("sparsity = 0.5", "sparsity = 1.5"), "[0, 1)"),
-    (('gguf_precisions = ["q8_0"]', 'gguf_precisions = ["q2_k"]'), "precision 'q2_k' unknown"),
+    (('outputs = ["gguf:q8_0", "onnx:int8"]', 'outputs = ["gguf:q2_k"]'), "gguf precision: expected one of f32, f16, q8_0, q4_0, got 'q2_k'"),
     (('name = "cpu"', 'name = "cpu"\ncolour = "red"'), "unknown key 'colour'"),
 ])
 def test_profile_validation_errors_name_file_key_and_type(tmp_path, edit, msg):
@@ -72,8 +73,9 @@ def test_memory_budget_refusal_gives_both_numbers(tiny_model, tmp_path):
     import dataclasses
 
     tiny_budget = dataclasses.replace(prof, hardware=dataclasses.replace(prof.hardware, memory_budget_mb=0.01))
+    cfg = BuildConfig(profile=tiny_budget, out=str(tmp_path))
     with pytest.raises(MemoryBudgetError) as e:
-        check_memory(BuildConfig(profile=tiny_budget, out=str(tmp_path)), tiny_model.config)
+        check_memory(memory_estimates(tiny_model.config, output_specs(cfg), 2048), 0.01, "cpu")
     assert "MB at" in str(e.value) and "memory budget of 0 MB" in str(e.value)
 
 
@@ -96,7 +98,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tiny_dir, tmp_path):
 
 
 def test_onnx_fallback_warning_when_provider_missing(tiny_dir, tmp_path):
-    from cap_edge.pipeline import export_artifact
+    from cap_edge.deploy.export import export_artifact
     from runtimes.onnxruntime import OnnxCausalLM
 
     art = export_artifact(tiny_dir, "onnx", "fp32", tmp_path / "o")
@@ -128,7 +130,7 @@ def _npu_profile(tmp_path, table="qnn-htp", on_unsupported="fail"):
     import dataclasses
 
     p = load_profile("mobile-npu")
-    export = dataclasses.replace(p.export, formats=("onnx-static",), static_precisions=("fp32",), static_chunk=8,
+    export = dataclasses.replace(p.export, outputs=("onnx-static:fp32",), static_chunk=8,
                                  op_table=table, unsupported_ops=on_unsupported)
     runtime = dataclasses.replace(p.runtime, context_length=512, onnx_providers=("CPUExecutionProvider",))
     return dataclasses.replace(p, export=export, runtime=runtime)

@@ -78,7 +78,7 @@ def test_attribution_and_hybrid_run_and_correlate(tokenizer, tiny_model):
     exact = score_matrix(compute_scores(tiny_model, batch, ScoreConfig(mode="exact"), progress=False))
     attr = score_matrix(compute_scores(tiny_model, batch, ScoreConfig(mode="attribution"), progress=False))
     hyb = compute_scores(tiny_model, batch, ScoreConfig(mode="hybrid", refine_fraction=0.5), progress=False)
-    assert hyb["refined_heads"] == 4
+    assert hyb["refined_units"] == 4
     h = score_matrix(hyb)
     exact_heads = [(int(l), i) for l, hs in hyb["layers"].items() for i, d in enumerate(hs) if d["how"] == "exact"]
     for l, i in exact_heads:

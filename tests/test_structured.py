@@ -235,7 +235,7 @@ def test_deci_gguf_loads_in_llama_cpp_and_matches_pytorch(tmp_path):
     from gguf import GGUFReader
     from transformers import AutoConfig
 
-    from cap_edge.pipeline import export_artifact
+    from cap_edge.deploy.export import export_artifact
     from exporters.gguf import read_back
 
     d = _structured_dir(tmp_path, UNEVEN)
@@ -266,7 +266,7 @@ def test_deci_corner_cases_llama_cpp_cannot_run_are_refused(tmp_path, layers, ms
 
 
 def test_structured_onnx_export_validates_against_pytorch(tmp_path):
-    from cap_edge.pipeline import export_artifact
+    from cap_edge.deploy.export import export_artifact
 
     d = _structured_dir(tmp_path, UNEVEN)
     art = export_artifact(d, "onnx", "fp32", tmp_path / "out")

@@ -4,7 +4,6 @@ write zeros. The maths lives in ``scores``, ``masks`` and ``sparsegpt``."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -13,8 +12,8 @@ from tqdm.auto import tqdm
 from ..arch import arch_for, get_module, head_geometry, prunable_linears
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..scoring import CalibBatch, Decoder, score_matrix
-from .masks import global_threshold, matrix_mask, nm_mask, row_mask, sparsity_of
+from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
+from .masks import global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
 from .sparsegpt import sparsegpt_prune
@@ -81,12 +80,9 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     if method.uses_heads:
         if head_scores is None:
             raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
-        if not head_scores.get("complete"):
-            raise ConfigError("head scores are incomplete (scoring stopped at its budget); finish scoring first")
-        m = score_matrix(head_scores)
-        if tuple(m.shape) != (geom.num_layers, geom.num_heads):
-            raise ConfigError(f"head scores are for {tuple(m.shape)} layers x heads; the model has {(geom.num_layers, geom.num_heads)}")
-        I = head_importance(m)  # (L, H) in [1, 10]
+        check_scores(head_scores, "head scores", num_layers=geom.num_layers, num_units=geom.num_heads, target="heads",
+                     require_complete=True)
+        I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
     t0 = time.perf_counter()
 
     def score_of(path, W, l, stats):

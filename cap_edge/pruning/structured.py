@@ -10,20 +10,16 @@ import torch
 from ..arch import head_geometry
 from ..config import PruneConfig
 from ..errors import ConfigError
-from ..scoring import CalibBatch, Decoder, ScoringEngine, score_matrix
+from ..scoring import CalibBatch, Decoder, ScoringEngine, check_scores, score_matrix
 from ..structure import (LayerStructure, apply_structure, is_structured, magnitude_unit_scores, plan_structure,
                          refit_columns)
 
 
-def _matrix(result: dict | None, what: str, shape: tuple[int, int]) -> torch.Tensor:
+def _matrix(result: dict | None, target: str, shape: tuple[int, int]) -> torch.Tensor:
     if result is None:
-        raise ConfigError(f"structured cap pruning needs CAP {what} scores")
-    if not result.get("complete"):
-        raise ConfigError(f"CAP {what} scores are incomplete; finish scoring first")
-    m = score_matrix(result)
-    if tuple(m.shape) != shape:
-        raise ConfigError(f"CAP {what} scores are for {tuple(m.shape)}; the model has {shape}")
-    return m
+        raise ConfigError(f"structured cap pruning needs CAP {'head' if target == 'heads' else 'MLP channel'} scores")
+    check_scores(result, f"CAP {target} scores", num_layers=shape[0], num_units=shape[1], target=target, require_complete=True)
+    return score_matrix(result)
 
 
 def _part(budget, step: int, steps: int):
@@ -150,8 +146,8 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
     total = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     if cfg.method == "cap":
-        hs = _matrix(head_scores, "head", (geom.num_layers, geom.num_heads))
-        cs = _matrix(channel_scores, "MLP channel", (geom.num_layers, width // cfg.channel_group))
+        hs = _matrix(head_scores, "heads", (geom.num_layers, geom.num_heads))
+        cs = _matrix(channel_scores, "channels", (geom.num_layers, width // cfg.channel_group))
     else:
         hs, cs = magnitude_unit_scores(model, cfg.channel_group)
     before = _kind_sizes(model)

@@ -14,7 +14,6 @@ NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "I
 ITEMS = ["apples", "marbles", "stickers", "coins", "books", "pencils", "cards", "stamps", "shells", "cookies"]
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-OBJECTS = ["book", "cup", "vase", "lamp", "clock", "box"]
 
 
 def _numeric_choices(rng: random.Random, gold: int, pool: list[int], k: int = 4, far: bool = False) -> tuple[str, ...]:

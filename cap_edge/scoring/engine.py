@@ -1,0 +1,259 @@
+"""The CAP engine: masked-head (and MLP channel group) effects on the calibration loss.
+
+Masking unit u of layer l zeroes u's slice of the input of o_proj (heads) or down_proj (channel
+groups), no weight changes. Exact: one intact pass stores every layer's input; masking layer l
+recomputes layers l.. only; the vocabulary projection runs only at gold-answer positions; several
+masks run in one forward, one per batch row. Attribution: gradient x activation of a per-unit gate
+(one forward and one backward for all units). Pure statistics (subset losses, medians, Spearman)
+are at the top; no caching or orchestration here (``run.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..arch import arch_for, get_module, head_geometry
+from ..errors import ConfigError
+from .batch import CalibBatch
+
+
+# ------------------------------------------------------------------ pure statistics
+
+def subset_losses(row_nll: torch.Tensor, batch: CalibBatch, K: int) -> torch.Tensor:
+    """Token-level mean CE per subset. row_nll (..., N) -> (..., K)."""
+    sub = batch.subset.to(row_nll.device)
+    tok = batch.tokens.to(row_nll.device)
+    num = torch.stack([row_nll[..., sub == k].sum(-1) for k in range(K)], dim=-1)
+    den = torch.stack([tok[sub == k].sum() for k in range(K)])
+    return num / den
+
+
+def summarise_effects(effects: torch.Tensor) -> dict:
+    """effects (K,) -> median (the score), mean, spread (max - min), per-subset values."""
+    e = effects.double().cpu()
+    return {"median": float(e.median()) if e.numel() % 2 else float(e.sort().values[e.numel() // 2 - 1: e.numel() // 2 + 1].mean()),
+            "mean": float(e.mean()), "spread": float(e.max() - e.min()), "subsets": [float(v) for v in e]}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x):
+        t = torch.tensor(list(x), dtype=torch.float64)
+        order = t.argsort()
+        r = torch.empty_like(t)
+        r[order] = torch.arange(len(t), dtype=torch.float64)
+        for v in t.unique():  # average tied ranks
+            m = t == v
+            if m.sum() > 1:
+                r[m] = r[m].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / math.sqrt(float((ra * ra).sum() * (rb * rb).sum())))
+
+
+# ------------------------------------------------------------------ decoder access
+
+class Decoder:
+    """Runs a decoder layer range on cached hidden states, through the architecture table."""
+
+    def __init__(self, model):
+        self.model = model
+        spec = arch_for(model)
+        self.spec = spec
+        self.layers = get_module(model, spec.layers)
+        self.embed = get_module(model, spec.embed)
+        self.norm = get_module(model, spec.final_norm)
+        self.head = get_module(model, spec.lm_head)
+        self.rotary = get_module(model, spec.rotary)
+        self.geom = head_geometry(model.config)
+
+    @property
+    def device(self):
+        return self.embed.weight.device
+
+    def o_proj(self, layer: int) -> torch.nn.Module:
+        return get_module(self.layers[layer], self.spec.o)
+
+    def gated(self, target: str, layer: int) -> torch.nn.Module:
+        """The module whose input a unit gate multiplies: o_proj for heads (input (B, T, nh*hd)),
+        down_proj for MLP channel groups (input (B, T, I))."""
+        return get_module(self.layers[layer], self.spec.o if target == "heads" else self.spec.down)
+
+    def context(self, h: torch.Tensor):
+        """(position embeddings, attention mask) for a right-padded batch of hidden states h (B, T, D)."""
+        from transformers.masking_utils import create_causal_mask
+
+        B, T, _ = h.shape
+        cache_position = torch.arange(T, device=h.device)
+        position_ids = cache_position[None]  # (1, T)
+        mask = create_causal_mask(config=self.model.config, input_embeds=h, attention_mask=None,
+                                  cache_position=cache_position, past_key_values=None, position_ids=position_ids)
+        return self.rotary(h, position_ids), mask, position_ids
+
+    def run(self, h: torch.Tensor, start: int, end: int | None = None, collect: list | None = None) -> torch.Tensor:
+        pos_emb, mask, position_ids = self.context(h)
+        for i in range(start, end if end is not None else len(self.layers)):
+            if collect is not None:
+                collect.append(h)
+            h = self.layers[i](h, attention_mask=mask, position_ids=position_ids, position_embeddings=pos_emb)
+        return h
+
+    def answer_nll(self, h_final: torch.Tensor, batch: CalibBatch, copies: int = 1) -> torch.Tensor:
+        """Per-row sum of answer-token NLL from final hidden states h_final (copies*N, T, D) -> (copies, N)."""
+        N = batch.n
+        dev = h_final.device
+        rows = (batch.ans_row.to(dev)[None] + N * torch.arange(copies, device=dev)[:, None]).reshape(-1)  # (copies*A,)
+        pos = batch.ans_pos.to(dev).repeat(copies)
+        tgt = batch.ans_tgt.to(dev).repeat(copies)
+        hid = self.norm(h_final[rows, pos])  # (copies*A, D): only the answer positions
+        logits = self.head(hid).float()  # (copies*A, V); with a device_map, on the head's device
+        nll = F.cross_entropy(logits, tgt.to(logits.device), reduction="none").double().to(dev)
+        out = torch.zeros(copies * N, dtype=torch.float64, device=dev)
+        out.index_add_(0, rows, nll)
+        return out.view(copies, N)
+
+
+@contextlib.contextmanager
+def head_gate(o_proj: torch.nn.Module, gate: torch.Tensor, head_dim: int):
+    """Multiply o_proj's input (B, T, nh*hd) by a per-row, per-head gate (B, nh) while active."""
+
+    def pre(_mod, args):
+        x = args[0]
+        B, T, C = x.shape
+        g = gate.to(device=x.device, dtype=x.dtype).repeat_interleave(head_dim, dim=1)  # (B, nh*hd), on the layer's device
+        return (x * g[:, None, :],) + tuple(args[1:])
+
+    handle = o_proj.register_forward_pre_hook(pre)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------ engine
+
+class ScoringEngine:
+    """Exact, naive and attribution head effects for one model and one calibration batch."""
+
+    def __init__(self, model, batch: CalibBatch, K: int, max_batch_tokens: int = 16384, channel_group: int = 32):
+        self.dec = Decoder(model)
+        self.batch = batch
+        self.K = K
+        self.max_batch_tokens = max_batch_tokens
+        self.g = self.dec.geom
+        self.channel_group = channel_group
+        self._inputs: list[torch.Tensor] | None = None
+        self.intact_rows: torch.Tensor | None = None
+        self.forwards = 0  # layer-forwards run, a machine-independent cost measure
+
+    @torch.inference_mode()
+    def intact(self) -> torch.Tensor:
+        """Run once; keep every layer's input. Returns per-subset intact loss (K,)."""
+        if self._inputs is None:
+            h0 = self.dec.embed(self.batch.input_ids.to(self.dec.device))  # (N, T, D)
+            collect: list[torch.Tensor] = []
+            h = self.dec.run(h0, 0, collect=collect)
+            self.forwards += len(self.dec.layers)
+            self._inputs = collect
+            self.intact_rows = self.dec.answer_nll(h, self.batch)[0]
+        return subset_losses(self.intact_rows, self.batch, self.K)
+
+    def units(self, target: str, layer: int = 0) -> tuple[int, int]:
+        """(units per layer, width of a unit) for ``heads`` or MLP ``channels`` (groups)."""
+        if target == "heads":
+            return self.g.num_heads, self.g.head_dim
+        if target != "channels":
+            raise ConfigError(f"scoring target: expected heads or channels, got {target!r}")
+        width = self.dec.gated("channels", layer).in_features
+        if width % self.channel_group:
+            raise ConfigError(f"MLP width {width} is not a multiple of the channel group {self.channel_group}")
+        return width // self.channel_group, self.channel_group
+
+    @torch.inference_mode()
+    def masked_rows(self, layer: int, heads: Sequence[int], target: str = "heads") -> torch.Tensor:
+        """Per-row answer NLL with each unit of ``heads`` (heads, or MLP channel groups when
+        ``target="channels"``) masked in turn: (len(heads), N)."""
+        self.intact()
+        n_units, width = self.units(target, layer)
+        N, T = self.batch.input_ids.shape
+        out = []
+        per_fwd = max(1, self.max_batch_tokens // (N * T))
+        for i in range(0, len(heads), per_fwd):
+            chunk = list(heads)[i: i + per_fwd]
+            G = len(chunk)
+            gate = torch.ones(G * N, n_units, device=self.dec.device)
+            for gi, h in enumerate(chunk):
+                gate[gi * N: (gi + 1) * N, h] = 0.0
+            x = self._inputs[layer].repeat(G, 1, 1)  # (G*N, T, D): layers before `layer` are unchanged
+            with head_gate(self.dec.gated(target, layer), gate, width):
+                hf = self.dec.run(x, layer)
+            self.forwards += (len(self.dec.layers) - layer) * G
+            out.append(self.dec.answer_nll(hf, self.batch, copies=G))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def naive_rows(self, layer: int, head: int) -> torch.Tensor:
+        """The reference: a full model forward with full-vocabulary logits, one head hooked."""
+        model = self.dec.model
+        ids = self.batch.input_ids.to(self.dec.device)
+        gate = torch.ones(ids.shape[0], self.g.num_heads, device=self.dec.device)
+        gate[:, head] = 0.0
+        with head_gate(self.dec.o_proj(layer), gate, self.g.head_dim):
+            logits = model(input_ids=ids).logits  # (N, T, V)
+        self.forwards += len(self.dec.layers)
+        b = self.batch
+        nll = F.cross_entropy(logits[b.ans_row, b.ans_pos].float(), b.ans_tgt.to(ids.device), reduction="none").double()
+        out = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
+        return out.index_add_(0, b.ans_row.to(ids.device), nll)
+
+    def attribution_effects(self, target: str = "heads", fixed: dict | None = None) -> torch.Tensor:
+        """First-order estimate of masked - intact loss per (layer, unit, subset): (L, H, K).
+
+        A gate g (N, H) of ones multiplies each unit's output (a head's slice of o_proj's input, or
+        a group of MLP channels at down_proj's input); zeroing g[:, h] changes the loss by about
+        -dL/dg[:, h]. Summing the gradient over a subset's rows gives that subset's effect, because
+        rows of a batch do not interact.
+        """
+        L = len(self.dec.layers)
+        H, width = self.units(target)
+        b = self.batch
+        N, T = b.input_ids.shape
+        dev = self.dec.device
+        fixed = fixed or {}
+        # ``fixed`` = {target: (L, units) 0/1 mask}: units already removed stay masked, so the
+        # estimates are for the model as it is now (iterative structured pruning)
+        base = fixed.get(target)
+        start = [(base[l].to(dev).float() if base is not None else torch.ones(H, device=dev)) for l in range(L)]
+        # the loss is a sum over rows (each row weighted by 1 / its subset's answer tokens), so the
+        # gradient of every row can be taken in row chunks: a backward keeps every layer's
+        # activations, about 4x a forward's memory, hence a quarter of the forward token budget
+        sub = b.subset.to(dev)
+        den = torch.stack([b.tokens.to(dev)[sub == k].sum() for k in range(self.K)])  # (K,)
+        weight = 1.0 / den[sub]  # (N,)
+        rows_per = max(1, self.max_batch_tokens // 4 // T)
+        grads = [torch.zeros(N, H, dtype=torch.float64, device=dev) for _ in range(L)]
+        for i in range(0, N, rows_per):
+            part = b.rows(i, i + rows_per)
+            n = part.n
+            gates = [start[l].expand(n, H).clone().requires_grad_(True) for l in range(L)]
+            with contextlib.ExitStack() as stack:
+                for l in range(L):
+                    stack.enter_context(head_gate(self.dec.gated(target, l), gates[l], width))
+                    for other, mask in fixed.items():
+                        if other != target:
+                            _, w = self.units(other, l)
+                            stack.enter_context(head_gate(self.dec.gated(other, l), mask[l].float().expand(n, -1), w))
+                with torch.enable_grad():
+                    hf = self.dec.run(self.dec.embed(part.input_ids.to(dev)), 0)  # (n, T, D)
+                    loss = (self.dec.answer_nll(hf, part)[0] * weight[i:i + n]).sum()
+                    for l, g in enumerate(torch.autograd.grad(loss, gates)):
+                        grads[l][i:i + n] = g.double()
+        self.forwards += 3 * L  # forward + backward (about twice a forward)
+        eff = torch.stack([torch.stack([-g[sub == k].sum(0) for k in range(self.K)], dim=-1) for g in grads])  # (L, H, K)
+        return eff.double().cpu()
