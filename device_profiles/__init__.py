@@ -70,6 +70,8 @@ class DeviceProfile:
 
 
 DETECTORS = ("host", "jetson", "qnn", "raspberry-pi")
+JETSON_RELEASE = Path("/etc/nv_tegra_release")  # present on every L4T (Jetson Linux) system
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 _OLD_OUTPUT_KEYS = ("formats", "onnx_precisions", "gguf_precisions", "static_precisions")
 _RENAMED = {k: ' (formats and per-format precision lists became one list: outputs = ["gguf:q8_0", "onnx:int8"])'
             for k in _OLD_OUTPUT_KEYS}
@@ -214,15 +216,14 @@ def detect(profile: DeviceProfile) -> tuple[bool, str]:
     if profile.detector == "host":
         return True, "the host CPU is always present"
     if profile.detector == "jetson":
-        ok = Path("/etc/nv_tegra_release").exists()
-        return ok, "found /etc/nv_tegra_release" if ok else "no /etc/nv_tegra_release: not a Jetson"
+        ok = JETSON_RELEASE.exists()
+        return ok, f"found {JETSON_RELEASE}" if ok else f"no {JETSON_RELEASE}: not a Jetson"
     if profile.detector == "qnn":
         import onnxruntime as ort
 
         ok = "QNNExecutionProvider" in ort.get_available_providers()
         return ok, "QNN execution provider available" if ok else "ONNX Runtime has no QNNExecutionProvider here"
     if profile.detector == "raspberry-pi":
-        model = Path("/proc/device-tree/model")
-        ok = model.exists() and "Raspberry Pi" in model.read_text(errors="ignore")
-        return ok, "Raspberry Pi device tree" if ok else "/proc/device-tree/model does not name a Raspberry Pi"
+        ok = DEVICE_TREE_MODEL.exists() and "Raspberry Pi" in DEVICE_TREE_MODEL.read_text(errors="ignore")
+        return ok, "Raspberry Pi device tree" if ok else f"{DEVICE_TREE_MODEL} does not name a Raspberry Pi"
     return False, f"unknown detector {profile.detector!r}"

@@ -92,7 +92,39 @@ def test_html_report_is_self_contained(tmp_path, tiny_dir):
     page = html_path.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 3
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # no external URLs
+    tags = _balanced_tags(page)  # every element closed in order
+    assert tags["img"] == page.count("data:image/png;base64,") and tags["table"] == 2 and tags["h2"] >= 5
+    assert "Ratios pruned / dense" in md.read_text()
+
+
+def _balanced_tags(page: str) -> dict:
+    """Tag counts of a page whose non-void elements all close in nesting order (AssertionError otherwise)."""
+    import collections
     import html.parser
 
-    html.parser.HTMLParser().feed(page)  # parses
-    assert "Ratios pruned / dense" in md.read_text()
+    void = {"img", "meta", "br", "hr", "input", "link"}
+
+    class Strict(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.counts = [], collections.Counter()
+
+        def handle_starttag(self, tag, attrs):
+            self.counts[tag] += 1
+            if tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+            self.stack.pop()
+
+    p = Strict()
+    p.feed(page)
+    p.close()
+    assert p.stack == [], f"unclosed: {p.stack}"
+    return p.counts
+
+
+def test_strict_tag_check_catches_a_broken_page():
+    with pytest.raises(AssertionError):
+        _balanced_tags("<html><body><table><tr><td>x</td></table></body></html>")

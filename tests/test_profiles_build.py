@@ -62,10 +62,28 @@ def test_unknown_device_and_bad_toml(tmp_path):
         load_profile(str(_write(tmp_path, "name = ")))
 
 
-def test_detectors_on_this_machine():
+def test_detectors_read_the_device_files(tmp_path, monkeypatch):
+    import device_profiles
+
     assert detect(load_profile("cpu"))[0]
+    monkeypatch.setattr(device_profiles, "JETSON_RELEASE", tmp_path / "nv_tegra_release")
     present, why = detect(load_profile("jetson-orin"))
-    assert not present and "nv_tegra_release" in why
+    assert not present and "nv_tegra_release: not a Jetson" in why
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 3.0\n")
+    assert detect(load_profile("jetson-orin")) == (True, f"found {tmp_path / 'nv_tegra_release'}")
+    model = tmp_path / "model"
+    monkeypatch.setattr(device_profiles, "DEVICE_TREE_MODEL", model)
+    model.write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
+    assert detect(load_profile("raspberry-pi-5"))[0]
+    model.write_text("NVIDIA Jetson Orin Nano\x00")
+    assert not detect(load_profile("raspberry-pi-5"))[0]
+
+
+def test_devices_lists_every_output_of_each_profile():
+    r = runner.invoke(app, ["devices"])
+    assert r.exit_code == 0, r.output
+    line = next(l for l in r.output.splitlines() if l.startswith("mobile-npu"))
+    assert "onnx-static:qdq16" in line and "onnx:fp32" in line
 
 
 def test_memory_budget_refusal_gives_both_numbers(tiny_model, tmp_path):

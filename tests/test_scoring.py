@@ -102,16 +102,33 @@ def test_cache_key_changes_with_weights_and_data(tokenizer, tiny_model):
     assert k != scores_cache_key(fp, b1, ScoreConfig(subsets=2), torch.float32)
 
 
-def test_cache_hit_and_resume(tokenizer, tiny_model):
+def test_cache_hit_and_resume_computes_only_the_rest(tokenizer, tiny_model):
+    batch = _batch(tokenizer)
+    key = scores_cache_key(model_fingerprint(tiny_model), batch, ScoreConfig(), torch.float32)
+    fresh = compute_scores(tiny_model, batch, ScoreConfig(), progress=False)  # no cache: the reference
+    # interrupted after layer 0 (Ctrl-C while layer 1 would start): layer 0 is kept in the cache
+    def stop(result):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False, on_layer=stop)
+    resumed = compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False)
+    assert resumed["complete"] and not resumed["cache_hit"] and resumed["resumed_layers"] == 1
+    # layer-forwards: the intact pass (2) + layer 0's 4 masks x 2 layers, then intact (2) + layer 1's 4 masks x 1
+    assert fresh["layer_forwards"] == 2 + 4 * 2 + 4 * 1
+    assert resumed["layer_forwards"] == (2 + 4 * 2) + (2 + 4 * 1)  # the resumed run added only layer 1's work
+    assert resumed["layers"] == fresh["layers"]
+    again = compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False)
+    assert again["cache_hit"] and again["layers"] == fresh["layers"]
+
+
+def test_time_budget_stops_cleanly_and_resumes(tokenizer, tiny_model):
     batch = _batch(tokenizer)
     key = scores_cache_key(model_fingerprint(tiny_model), batch, ScoreConfig(), torch.float32)
     with pytest.raises(ScoringIncomplete) as ei:
         compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, time_budget_s=0.0, progress=False)
-    assert "0 of 2 layers" in str(ei.value)
-    first = compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False)
-    assert first["complete"] and not first["cache_hit"]
-    again = compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False)
-    assert again["cache_hit"] and again["layers"] == first["layers"]
+    assert "0 of 2 layers" in str(ei.value) and ei.value.partial_path.is_file()
+    done = compute_scores(tiny_model, batch, ScoreConfig(), cache_key=key, progress=False)
+    assert done["complete"] and done["resumed_layers"] == 0
 
 
 def test_empty_or_small_calibration_is_clear_error(tokenizer):

@@ -160,6 +160,7 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
                 min_heads=cfg.min_heads, scope=cfg.scope)
     steps = cfg.steps if cfg.method == "cap" else 1  # re-estimation uses CAP's attribution
     layers = plan_structure(hs, cs, remove_params=_part(budget, 1, steps), **plan)
+    step_plans = [[list(s.heads) for s in layers]]
     for step in range(2, steps + 1):
         # scores of single units do not add up once many are gone: re-estimate the survivors on the
         # model as pruned so far (first-order, one forward + backward per kind), then extend the plan
@@ -172,6 +173,7 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
         cs = eng.attribution_effects("channels", fixed).median(dim=-1).values.float()
         hs[hmask == 0], cs[cmask == 0] = -1e6, -1e6  # gone stays gone
         layers = plan_structure(hs, cs, remove_params=_part(budget, step, steps), **plan)
+        step_plans.append([list(s.heads) for s in layers])
     refit = None
     if cfg.refit:
         if batch is None:
@@ -186,4 +188,4 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
             "removed": {k: before[k] - after[k] for k in before}, "seconds": time.perf_counter() - t0,
             "sizes": sizes, "kept": [{"heads": list(s.heads), "kv_heads": list(s.kv_heads),
                                       "channel_groups": s.channel_groups(cfg.channel_group)} for s in layers],
-            "refit": refit, "never_pruned": "embeddings, norms and the LM head"}
+            "refit": refit, "steps": steps, "step_heads": step_plans, "never_pruned": "embeddings, norms and the LM head"}
