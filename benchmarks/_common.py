@@ -19,11 +19,30 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def command() -> str:
+    """The command line that produced a result (recorded in every result file)."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path(__file__).resolve().parent.parent)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent)
+    return r.stdout.strip() or None
+
+
 def write_result(name: str, data: dict) -> Path:
     from cap_edge.io import write_json
 
     path = RESULTS / f"{name}.json"
-    write_json(path, {"benchmark": name, "machine": machine(), **data})
+    write_json(path, {"benchmark": name, "machine": machine(), "command": data.pop("command", command()),
+                      "commit": git_commit(), **data})
     print(f"wrote {path}")
     return path
 

@@ -60,3 +60,7 @@ class MeasurementError(CapEdgeError):
 
 class ScoresError(CapEdgeError):
     """A head- or channel-score file or cache entry does not fit the model (or is damaged)."""
+
+
+class PruneError(CapEdgeError):
+    """Pruning produced something other than what was asked (e.g. the wrong sparsity); nothing is written."""

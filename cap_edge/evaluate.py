@@ -56,6 +56,10 @@ class TorchBackend:
     def device(self):
         return next(self.model.parameters()).device
 
+    @property
+    def max_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     @torch.inference_mode()
     def loglik(self, requests: Sequence[Request]) -> list[float]:
         """Requests sharing a context (the choices of one problem) run the context once and score
@@ -180,6 +184,20 @@ class Accuracy:
 
 # ---------------------------------------------------------------- metrics
 
+def context_limit(backend) -> int | None:
+    """The longest sequence the backend can score (the model's or the runtime's context), if known."""
+    return getattr(backend, "max_length", None)
+
+
+def check_fits(backend, problem: Problem, n_tokens: int) -> None:
+    limit = context_limit(backend)
+    if limit is not None and n_tokens > limit:
+        from .errors import TaskError
+
+        raise TaskError(f"problem {problem.id!r}: prompt and answer are {n_tokens} tokens, over the context of "
+                        f"{limit}; shorten the question (nothing is truncated silently)")
+
+
 def mc_predictions(backend: LMBackend, tokenizer, problems: Sequence[Problem], encode=encode_pair) -> list[dict]:
     """Per problem: log-likelihood of each choice; prediction by length-normalised log-likelihood
     (sum log p / bytes of the choice, lm-eval-harness ``acc_norm``) and unnormalised (``acc``).
@@ -191,6 +209,7 @@ def mc_predictions(backend: LMBackend, tokenizer, problems: Sequence[Problem], e
             raise ValueError(f"problem {p.id!r} has no choices; use the generation metric")
         for c in p.choices:
             requests.append(encode(tokenizer, p, c))
+            check_fits(backend, p, len(requests[-1][0]) + len(requests[-1][1]))
             index.append(pi)
             if c == p.answer:
                 gold_tokens[pi] = len(requests[-1][1])
@@ -244,6 +263,7 @@ def generation_predictions(backend: LMBackend, tokenizer, problems: Sequence[Pro
     prompts = []
     for p in problems:
         ids = tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"]
+        check_fits(backend, p, len(ids) + max_new_tokens)
         prompts.append(ids)
     outs = backend.greedy(prompts, max_new_tokens)
     res = []

@@ -134,8 +134,12 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, what: str
     parent = path
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} directory {path}: {parent} is not writable")
+    try:  # try it: permission bits say nothing for root, read-only mounts or pseudo file systems
+        fd, probe = tempfile.mkstemp(prefix=".cap-edge-write-test.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} directory {path}: {parent} is not writable ({e.strerror})") from e
     if need_bytes:
         free = shutil.disk_usage(parent).free
         if free < need_bytes:

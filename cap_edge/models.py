@@ -185,9 +185,9 @@ def _check_hf_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a Hugging Face model directory: config.json is missing")
     try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except ValueError as e:
-        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as e:  # not JSON, not UTF-8, or not an object
+        raise ModelLoadError(f"{path / 'config.json'} is not a valid JSON config: {e}") from e
     arch_for(model_type or "<missing model_type>")
     weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
     if not weights:
@@ -223,12 +223,23 @@ def model_config(spec: str | os.PathLike | None = None):
             return AutoConfig.from_pretrained(cached), f"embedded:{EMBEDDED_NAME}"
         return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name), f"embedded:{EMBEDDED_NAME}"
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {path}")
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name), str(path)
-    _check_hf_dir(path)
-    return AutoConfig.from_pretrained(path), str(path)
+    try:
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file not found: {path}")
+            from .tokenizer import gguf_fields
+
+            gguf_fields(path)  # a truncated or foreign file: a clear error naming it
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        else:
+            _check_hf_dir(path)
+            config = AutoConfig.from_pretrained(path)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a damaged config or file
+        raise ModelLoadError(f"could not read the model config of {path}: {e}") from e
+    arch_for(config.model_type)
+    return config, str(path)
 
 
 def load_model(

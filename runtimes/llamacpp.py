@@ -34,6 +34,7 @@ class LlamaCppLM(KVCacheLM):
                          n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, n_batch=512,
                          type_k=kv, type_v=kv)
         self.eos = self.llm.token_eos()
+        self.max_length = n_ctx
 
     def _eval(self, ids: Sequence[int], keep: int = 0) -> np.ndarray:
         """Evaluate ``ids`` after the first ``keep`` cached tokens; (len(ids), V) logits."""

@@ -41,6 +41,7 @@ class StaticKVLM(KVCacheLM):
         ins = {i.name: i for i in self.sessions["prefill"].get_inputs()}
         self.chunk = int(ins["input_ids"].shape[1])
         self.context = int(ins["attention_mask"].shape[1]) - self.chunk
+        self.max_length = self.context
         self.past_names = [n for n in ins if n.startswith("past_key_values.")]
         self.shapes = {n: tuple(int(d) for d in ins[n].shape) for n in self.past_names}  # (1, kv, C, hd)
 

@@ -13,7 +13,7 @@ from ..arch import arch_for, get_module, head_geometry, prunable_linears
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
-from .masks import global_threshold, matrix_mask, nm_mask, row_mask
+from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
 from .sparsegpt import sparsegpt_prune
@@ -137,7 +137,9 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             per[f"{spec.layers}.{l}.{p}"] = {"shape": list(lin.weight.shape), "sparsity": z / lin.weight.numel()}
             zeros += z
             total += lin.weight.numel()
+    check_achieved(cfg, target, zeros / total)
     return {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PruneError
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -81,3 +81,15 @@ def global_threshold(scores: list[torch.Tensor], sparsity: float, tol: float = 1
 
 def sparsity_of(weight: torch.Tensor) -> float:
     return float((weight == 0).sum()) / weight.numel()
+
+
+SPARSITY_TOL = 0.01  # unstructured / N:M: |achieved - target| allowed (per-row rounding, ties at the threshold)
+
+
+def check_achieved(cfg, target: float, achieved: float, overshoot: float = 0.0) -> None:
+    """Refuse a result whose sparsity is not the one asked for (e.g. scores that zero whole layers).
+    Structured pruning removes whole units, so it may overshoot by ``overshoot`` (its largest moves)."""
+    lo, hi = (target - 1e-3, target + overshoot) if cfg.structured else (target - SPARSITY_TOL, target + SPARSITY_TOL)
+    if not lo <= achieved <= hi:
+        raise PruneError(f"{cfg.method} {cfg.pattern}: achieved sparsity {achieved:.4f}, target {target:.4f} "
+                         f"(allowed {lo:.4f}..{hi:.4f}); refusing to write this model")

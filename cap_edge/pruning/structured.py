@@ -11,7 +11,8 @@ from ..arch import head_geometry
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..scoring import CalibBatch, Decoder, ScoringEngine, check_scores, score_matrix
-from ..structure import (LayerStructure, apply_structure, is_structured, magnitude_unit_scores, plan_structure,
+from .masks import check_achieved
+from ..structure import (LayerStructure, apply_structure, attn_params, is_structured, magnitude_unit_scores, plan_structure,
                          refit_columns)
 
 
@@ -182,6 +183,10 @@ def prune_structured(model, cfg: PruneConfig, head_scores: dict | None = None, c
     sizes = apply_structure(model, layers, allow_empty=cfg.min_heads == 0)
     after = _kind_sizes(model)
     left = sum(p.numel() for p in model.parameters())
+    # the greedy plan stops after the move that crosses the budget: at most one layer's whole
+    # attention plus one channel group per kind budgeted
+    largest = attn_params(geom.num_kv_heads, geom.group_size, hidden, geom.head_dim) + 3 * cfg.channel_group * hidden
+    check_achieved(cfg, cfg.sparsity, 1 - left / total, overshoot=largest / total * (2 if isinstance(budget, dict) else 1))
     return {"method": cfg.method, "pattern": "structured", "scope": cfg.scope, "target_sparsity": cfg.sparsity,
             "achieved_sparsity": 1 - left / total, "params_before": total, "params_after": left,
             "prunable_params": before["attn"] + before["mlp"],

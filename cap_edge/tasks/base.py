@@ -25,6 +25,10 @@ class Problem:
         if self.choices is not None:
             if len(self.choices) < 2:
                 raise TaskError(f"problem {self.id!r}: expected at least 2 choices, got {len(self.choices)}")
+            dup = sorted({c for c in self.choices if self.choices.count(c) > 1})
+            if dup:
+                raise TaskError(f"problem {self.id!r}: duplicate choice(s) {dup}: accuracy would count a repeated "
+                                "answer twice; expected distinct choices")
             if self.answer not in self.choices:
                 raise TaskError(f"problem {self.id!r}: answer {self.answer!r} is not among its choices {list(self.choices)}")
 

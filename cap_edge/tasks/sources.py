@@ -83,7 +83,11 @@ def read_jsonl(path: str | os.PathLike) -> list[Problem]:
         raise TaskError(f"task file not found: {path}")
     out = []
     allowed = {"question", "answer", "choices", "id", "family", "difficulty"}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TaskError(f"{path}:{i}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from e
         if not line.strip():
             continue
         try:
@@ -101,9 +105,14 @@ def read_jsonl(path: str | os.PathLike) -> list[Problem]:
         choices = row.get("choices")
         if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
             raise TaskError(f"{path}:{i}: expected 'choices' to be a list of strings")
-        out.append(Problem(str(row.get("id", f"{path.stem}-{i}")), str(row.get("family", path.stem)),
-                           row["question"], row["answer"], tuple(choices) if choices else None,
-                           int(row.get("difficulty", 1))))
+        if not isinstance(row.get("difficulty", 1), int) or isinstance(row.get("difficulty", 1), bool):
+            raise TaskError(f"{path}:{i}: expected an integer 'difficulty', got {row['difficulty']!r}")
+        try:
+            out.append(Problem(str(row.get("id", f"{path.stem}-{i}")), str(row.get("family", path.stem)),
+                               row["question"], row["answer"], tuple(choices) if choices else None,
+                               int(row.get("difficulty", 1))))
+        except TaskError as e:
+            raise TaskError(f"{path}:{i}: {e}") from e
     if not out:
         raise TaskError(f"task file {path} holds no problems")
     return out
