@@ -19,7 +19,8 @@ import argparse
 import time
 
 from _common import table, write_result
-from cap_edge.evaluate import TorchBackend, evaluate
+from cap_edge.backend import TorchBackend
+from cap_edge.evaluate import evaluate
 from cap_edge.models import load_model
 from cap_edge.prompts import chat_prompt, encode_pair, plain_prompt
 from cap_edge.tasks import load_split

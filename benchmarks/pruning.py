@@ -13,7 +13,8 @@ import time
 
 from _common import RESULTS, table, write_result
 from cap_edge.config import PruneConfig, ScoreConfig
-from cap_edge.evaluate import TorchBackend, evaluate
+from cap_edge.backend import TorchBackend
+from cap_edge.evaluate import evaluate
 from cap_edge.models import load_model
 from cap_edge.pruning import METHODS, prune_model
 from cap_edge.scoring import build_calib_batch, score_heads

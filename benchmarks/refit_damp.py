@@ -24,7 +24,8 @@ from pathlib import Path
 from _common import table, write_result
 from cap_edge.config import PruneConfig, ScoreConfig, replace
 from cap_edge.errors import ValidationError
-from cap_edge.evaluate import TorchBackend, evaluate
+from cap_edge.backend import TorchBackend
+from cap_edge.evaluate import evaluate
 from cap_edge.models import load_model
 from cap_edge.deploy.export import export_artifact
 from cap_edge.prune_io import save_pruned

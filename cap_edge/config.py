@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # profiles import this module, so only for the annotation
     from device_profiles import DeviceProfile
 
 SCORE_MODES = ("exact", "attribution", "hybrid", "naive")
-PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda", "cap-sparsegpt")  # pruning.methods.METHODS
 
 
 def _positive(name: str, value, allow_none: bool = False) -> None:
@@ -44,7 +44,7 @@ class ScoreConfig:
     mode: str = "exact"
     subsets: int = 3  # K disjoint calibration subsets; score = median over them
     max_batch_tokens: int = 16384  # rows x tokens per forward when batching head masks
-    refine_fraction: float = 0.2  # hybrid: share of heads re-scored exactly
+    refine_fraction: float = 0.25  # hybrid: share of the exact-scoring cost spent re-scoring heads exactly
 
     def __post_init__(self):
         if self.mode not in SCORE_MODES:
@@ -91,6 +91,15 @@ class PruneConfig:
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
     sparsegpt_damp: float = 0.01
+    # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
+    # more problems than scoring needs; 128 give every layer's input statistic full rank on the
+    # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
+    stats_problems: int = 128
+    dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
+    # CAP-guided methods
+    alloc_bound: float = 0.15  # each block's sparsity within target +/- bound
+    token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
+    unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
     # structured only
     scope: str = "global"  # budget across all layers, or the same share from each layer
     min_heads: int = 1  # query heads every layer keeps (0 allows attention-free layers)
@@ -123,6 +132,13 @@ class PruneConfig:
         _positive("refit_problems", self.refit_problems)
         if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
             raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
+        _positive("stats_problems", self.stats_problems)
+        for name in ("alloc_bound", "token_beta", "unit_strength"):
+            v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+                raise ConfigError(f"{name}: expected a value in [0, {top}], got {v!r}")
+        if not isinstance(self.dedup_prefix, bool):
+            raise ConfigError(f"dedup_prefix: expected true or false, got {self.dedup_prefix!r}")
         if not 0 <= self.channel_refine <= 1:
             raise ConfigError(f"channel_refine: expected a value in [0, 1], got {self.channel_refine!r}")
 

@@ -14,7 +14,6 @@ from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .prompts import encode_pair, prompt_text
 from .tasks.base import Problem, require_nonempty
@@ -28,108 +27,6 @@ class LMBackend(Protocol):
 
     def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuation ids per prompt (stopping at EOS)."""
-
-
-def _batches(order: list[int], lengths: list[int], max_tokens: int, max_rows: int = 64):
-    batch, longest = [], 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if batch and (new_longest * (len(batch) + 1) > max_tokens or len(batch) >= max_rows):
-            yield batch
-            batch, new_longest = [], lengths[i]
-        batch.append(i)
-        longest = new_longest
-    if batch:
-        yield batch
-
-
-class TorchBackend:
-    """Batched scoring with right padding (causal attention never sees the pads to the right)."""
-
-    def __init__(self, model, tokenizer, max_batch_tokens: int = 8192, progress: bool = True):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_batch_tokens = max_batch_tokens
-        self.progress = progress
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-    @property
-    def max_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
-
-    @torch.inference_mode()
-    def loglik(self, requests: Sequence[Request]) -> list[float]:
-        """Requests sharing a context (the choices of one problem) run the context once and score
-        their continuations from its KV cache: about choices-fold fewer tokens than scoring each
-        (context + choice) alone, with the same result up to float round-off."""
-        head = self.model.get_output_embeddings()
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (ctx, _) in enumerate(requests):
-            groups[tuple(ctx)].append(i)
-        out = [0.0] * len(requests)
-        bar = tqdm(total=len(requests), desc="loglik", disable=not self.progress, leave=False)
-        dev = self.device
-        for ctx, members in groups.items():
-            conts = [requests[i][1] for i in members]
-            res = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True,
-                             output_hidden_states=True)
-            first_logp = F.log_softmax(res.logits[0, -1].float(), dim=-1)  # (V,) predicts cont[0]
-            for i, c in zip(members, conts):
-                out[i] = first_logp[c[0]].item()
-            longer = [(i, c) for i, c in zip(members, conts) if len(c) > 1]
-            if longer:
-                n, L = len(longer), max(len(c) - 1 for _, c in longer)
-                cache = res.past_key_values
-                cache.batch_repeat_interleave(n)
-                ids = torch.zeros(n, L, dtype=torch.long)
-                mask = torch.zeros(n, len(ctx) + L, dtype=torch.long)
-                mask[:, : len(ctx)] = 1
-                for r, (_, c) in enumerate(longer):
-                    ids[r, : len(c) - 1] = torch.tensor(c[:-1])
-                    mask[r, len(ctx): len(ctx) + len(c) - 1] = 1
-                pos = torch.arange(len(ctx), len(ctx) + L)[None].expand(n, L)
-                hidden = self.model.get_decoder()(
-                    input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                    past_key_values=cache, use_cache=True,
-                ).last_hidden_state  # (n, L, D)
-                for r, (i, c) in enumerate(longer):
-                    logp = F.log_softmax(head(hidden[r, : len(c) - 1]).float(), dim=-1)  # (len-1, V)
-                    out[i] += logp.gather(1, torch.tensor(c[1:], device=dev)[:, None]).sum().item()
-            bar.update(len(members))
-        bar.close()
-        return out
-
-    @torch.inference_mode()
-    def greedy(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out: list[list[int]] = [[] for _ in prompts]
-        lengths = [len(p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-        bar = tqdm(total=len(prompts), desc="generate", disable=not self.progress, leave=False)
-        for batch in _batches(order, [n + max_new_tokens for n in lengths], self.max_batch_tokens, max_rows=16):
-            T = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), T), pad, dtype=torch.long)
-            mask = torch.zeros(len(batch), T, dtype=torch.long)
-            for r, i in enumerate(batch):  # left padding so every row ends at its last prompt token
-                ids[r, T - lengths[i]:] = torch.tensor(prompts[i])
-                mask[r, T - lengths[i]:] = 1
-            gen = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                temperature=None, top_p=None, top_k=None,
-            )[:, T:]
-            for r, i in enumerate(batch):
-                row = gen[r].tolist()
-                if tok.eos_token_id in row:
-                    row = row[: row.index(tok.eos_token_id)]
-                out[i] = row
-            bar.update(len(batch))
-        bar.close()
-        return out
 
 
 # ---------------------------------------------------------------- statistics

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cap_edge.cli import app
-from cap_edge.gate import Tolerances, compare, format_regressions
+from cap_edge.gate import compare, format_regressions
 
 runner = CliRunner()
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cap_edge.evaluate import TorchBackend, evaluate, extract_answer, mcnemar, perplexity, wilson_ci
+from cap_edge.backend import TorchBackend
+from cap_edge.evaluate import evaluate, extract_answer, mcnemar, perplexity, wilson_ci
 from cap_edge.prompts import encode_pair
 from cap_edge.tasks import Problem, load_split
 
@@ -18,6 +19,21 @@ def test_loglik_equals_unbatched_reference(tokenizer, tiny_model):
             lp = F.log_softmax(tiny_model(torch.tensor([ctx + cont])).logits[0].float(), -1)
         ref = sum(lp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont))
         assert v == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("max_tokens", [64, 100_000])  # many small batches / one batch
+def test_batched_loglik_equals_sequential_path(tokenizer, attn, max_tokens):
+    from conftest import make_tiny_llama
+
+    model = make_tiny_llama(attn=attn)
+    probs = load_split("embedded", "eval", 3)  # 13 families: contexts of many lengths
+    reqs = [encode_pair(tokenizer, p, c) for p in probs for c in p.choices]
+    assert len({len(c) for _, c in reqs}) > 2 and len({len(x) for x, _ in reqs}) > 10  # multi-token answers, mixed lengths
+    be = TorchBackend(model, tokenizer, max_batch_tokens=max_tokens, progress=False)
+    fast, ref = be.loglik(reqs), be.loglik_sequential(reqs)
+    assert max(abs(a - b) for a, b in zip(fast, ref)) <= 1e-4
+    assert len(set(fast)) > len(fast) // 2  # not a constant
 
 
 def test_greedy_left_padding_matches_single(tokenizer, tiny_model):
@@ -102,3 +118,32 @@ def test_prompt_ends_with_answer_prefix_in_assistant_turn(tokenizer):
     ctx, cont = encode_pair(tokenizer, p, "Bob")
     assert tokenizer.decode(cont) == " Bob"  # the answer follows after a space: the same token as in the question
     assert tokenizer(text + " Bob", add_special_tokens=False)["input_ids"] == ctx + cont
+
+
+def test_quality_measures_see_a_broken_model(tokenizer):
+    """KL to dense is 0 for the dense model itself and grows when the model is damaged; retention
+    counts only the questions the dense model answers; the measures run through any backend's
+    logits/greedy."""
+    from conftest import make_tiny_llama
+
+    from cap_edge.quality import ANSWER_TOKENS, chat_ids, measure, reference, torch_primitives
+
+    dense = make_tiny_llama()
+    logits, greedy = torch_primitives(dense, tokenizer)
+    asks = [f"Say {w}" for w in ("a", "b", "the", "in", "on")]
+    said = [tokenizer.decode(o, skip_special_tokens=True) for o in greedy([chat_ids(tokenizer, q) for q in asks], ANSWER_TOKENS)]
+    qs = [Problem(f"q{i}", "t", q, s) for i, (q, s) in enumerate(zip(asks, said)) if s.strip()]  # gold = what dense says
+    qs.append(Problem("never", "t", "Say nothing", "an answer no model here gives"))
+    ref = reference(logits, greedy, tokenizer, qs)
+    assert ref.text and all(len(c) > n for c, n in zip(ref.chats, ref.chat_prompt_lens))
+    assert len(ref.questions) == len(qs) - 1 >= 3  # only the questions the dense model gets right count
+    same = measure(logits, greedy, tokenizer, ref)
+    assert same["kl_mean"] == pytest.approx(0, abs=1e-9) and same["top1_agreement"] == 1.0
+    assert same["ppl"] == pytest.approx(ref.ppl) and same["retention"]["share"] == 1.0
+    broken = make_tiny_llama()
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight.mul_(-3)
+    bad = measure(*torch_primitives(broken, tokenizer), tokenizer, ref)
+    assert bad["kl_mean"] > 0.05 and bad["kl_p99"] >= bad["kl_mean"] and bad["top1_agreement"] < 1.0
+    assert bad["ppl"] != pytest.approx(ref.ppl) and set(bad["samples"]) == set(same["samples"])
+    assert bad["retention"]["share"] < 1.0 and bad["retention"]["dense_correct"] == len(ref.questions)

@@ -24,7 +24,7 @@ def test_engine_mask_equals_zeroed_o_proj_columns(tokenizer, tiny_model):
     with torch.no_grad():
         ref_model.model.layers[layer].self_attn.o_proj.weight[:, head * hd:(head + 1) * hd] = 0
     ref = ScoringEngine(ref_model, batch, 3).intact()
-    assert torch.equal(masked, ref)
+    assert torch.allclose(masked, ref, rtol=0, atol=1e-6)  # the same numbers up to float32 round-off
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -78,11 +78,11 @@ def test_attribution_and_hybrid_run_and_correlate(tokenizer, tiny_model):
     exact = score_matrix(compute_scores(tiny_model, batch, ScoreConfig(mode="exact"), progress=False))
     attr = score_matrix(compute_scores(tiny_model, batch, ScoreConfig(mode="attribution"), progress=False))
     hyb = compute_scores(tiny_model, batch, ScoreConfig(mode="hybrid", refine_fraction=0.5), progress=False)
-    assert hyb["refined_units"] == 4
+    assert hyb["refined_units"] >= 2 and 0 < hyb["refined_cost_share"] <= 0.5
     h = score_matrix(hyb)
     exact_heads = [(int(l), i) for l, hs in hyb["layers"].items() for i, d in enumerate(hs) if d["how"] == "exact"]
     for l, i in exact_heads:
-        assert h[l, i] == pytest.approx(exact[l, i].item(), abs=1e-9)
+        assert h[l, i] == pytest.approx(exact[l, i].item(), abs=1e-6)  # float32 round-off of another batching
     assert spearman(h.flatten().tolist(), exact.flatten().tolist()) >= spearman(attr.flatten().tolist(), exact.flatten().tolist()) - 1e-9
 
 

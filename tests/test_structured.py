@@ -208,7 +208,7 @@ def test_channel_mask_equals_zeroed_down_proj_columns(tokenizer, tiny_model):
     ref = make_tiny_llama()
     with torch.no_grad():
         ref.model.layers[1].mlp.down_proj.weight[:, 64:96] = 0
-    assert torch.equal(masked, ScoringEngine(ref, batch, 3).intact())
+    assert torch.allclose(masked, ScoringEngine(ref, batch, 3).intact(), rtol=0, atol=1e-6)  # up to float32 round-off
     attr = eng.attribution_effects("channels")
     assert attr.shape == (2, 4, 3)
 
@@ -218,7 +218,8 @@ def test_score_channels_refines_and_caches(tokenizer, tiny_model):
     r = score_channels(tiny_model, tokenizer, probs, ScoreConfig(), refine_fraction=0.5, progress=False)
     assert r["complete"] and not r["cache_hit"] and r["num_units"] == 4
     hows = [u["how"] for l in r["layers"].values() for u in l]
-    assert hows.count("exact") == 4 and hows.count("attribution") == 4
+    assert hows.count("exact") == r["refined_units"] >= 2 and len(hows) == 8
+    assert 0 < r["refined_cost_share"] <= 0.5  # the budget is a share of the cost of scoring every group exactly
     assert score_channels(tiny_model, tokenizer, probs, ScoreConfig(), refine_fraction=0.5, progress=False)["cache_hit"]
 
 

@@ -24,7 +24,8 @@ def eval_cmd(
     """Evaluate reasoning accuracy (per family: n, chance, 95% CI, gold-answer cross-entropy)."""
     _setup_logging(verbose)
     try:
-        from ..evaluate import TorchBackend, evaluate
+        from ..backend import TorchBackend
+        from ..evaluate import evaluate
         from ..models import load_model
         from ..tasks import load_split
 
@@ -53,7 +54,7 @@ def score_cmd(
     mode: str = typer.Option("exact", help="exact | attribution | hybrid | naive"),
     tokens_per_problem: int = typer.Option(256),
     seconds: Optional[float] = typer.Option(None, help="wall-clock budget; a partial result is saved and resumable"),
-    refine_fraction: float = typer.Option(0.2, help="hybrid: share of heads re-scored exactly"),
+    refine_fraction: float = typer.Option(0.25, help="hybrid: share of the exact-scoring cost spent re-scoring heads exactly"),
     force: bool = typer.Option(False, help="recompute even when cached"),
     overwrite: bool = typer.Option(False, help="replace head_scores.json/png in a non-empty --out"),
     distributed: bool = typer.Option(False, "--distributed", help="split exact scoring over torchrun processes"),

@@ -4,6 +4,7 @@ write zeros. The maths lives in ``scores``, ``masks`` and ``sparsegpt``."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -13,10 +14,14 @@ from ..arch import arch_for, get_module, head_geometry, prunable_linears
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
+from .allocation import allocate, rank_normalise
+from .calibration import InputStats, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
 from .sparsegpt import sparsegpt_prune
+
+log = logging.getLogger(__name__)
 
 
 def _linears(layer, spec) -> dict[str, torch.nn.Linear]:
@@ -35,28 +40,53 @@ def _cap_factor(path: str, spec, geom, I_layer: torch.Tensor):
     return I_layer.mean(), None
 
 
-class _InputStats:
-    """Forward hooks accumulating per-linear input statistics over valid (non-pad) tokens."""
+def _kind(path: str, spec) -> str:
+    return "attn" if path in (spec.q, spec.k, spec.v, spec.o) else "mlp"
 
-    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, valid: torch.Tensor):
-        self.kind, self.valid = kind, valid  # valid (B, T) bool
-        self.sq: dict[str, torch.Tensor] = {}
-        self.H: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in linears.items()]
 
-    def _hook(self, path):
-        def fn(_mod, args, _out):
-            x = args[0][self.valid].double()  # (tokens, in)
-            if self.kind == "norm":
-                self.sq[path] = self.sq.get(path, 0) + (x * x).sum(0)
-            else:
-                self.H[path] = self.H.get(path, 0) + x.T @ x
-        return fn
+def unit_of(path: str, spec, geom, head_f: torch.Tensor, chan_f: torch.Tensor, group: int):
+    """(factor per unit, axis, unit width) of one linear: q rows / o columns by query head, k/v rows by
+    K/V head (mean of its query heads), gate/up rows and down columns by MLP channel group."""
+    if path == spec.q:
+        return head_f, 0, geom.head_dim
+    if path in (spec.k, spec.v):
+        return kv_importance(head_f, geom.num_kv_heads), 0, geom.head_dim
+    if path == spec.o:
+        return head_f, 1, geom.head_dim
+    return chan_f, (1 if path == spec.down else 0), group
 
-    def close(self):
-        for h in self._handles:
-            h.remove()
+
+def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict) -> dict:
+    """CAP-guided targets: sparsity per (layer, attention|MLP) block from the blocks' causal
+    importance (Δ answer CE of their units, per parameter; ``allocation.allocate``), and per-unit
+    factors in [1 - s, 1 + s] by rank of the unit's score within its layer."""
+    spec, geom = arch_for(model), head_geometry(model.config)
+    layers = get_module(model, spec.layers)
+    L = len(layers)
+    width = get_module(layers[0], spec.down).in_features
+    hs = score_matrix(check_scores(head_scores, "head scores", num_layers=L, num_units=geom.num_heads, target="heads",
+                                   require_complete=True))  # (L, H)
+    G = channel_scores["num_units"]
+    cs = score_matrix(check_scores(channel_scores, "channel scores", num_layers=L, num_units=G, target="channels",
+                                   require_complete=True))  # (L, G)
+    size = {k: sum(lin.weight.numel() for p, lin in _linears(layers[0], spec).items() if _kind(p, spec) == k)
+            for k in ("attn", "mlp")}
+    imp = torch.cat([hs.sum(1) / size["attn"], cs.sum(1) / size["mlp"]])  # (2L,) Δ CE per parameter
+    sizes = torch.tensor([float(size["attn"])] * L + [float(size["mlp"])] * L)
+    nm = cfg.nm
+    alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else cfg.alloc_bound)  # N:M fixes each group's share
+    s = cfg.unit_strength
+    return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // G,
+            "head_f": [1 + s * rank_normalise(hs[l]) for l in range(L)],
+            "chan_f": [1 + s * rank_normalise(cs[l]) for l in range(L)]}
+
+
+def unit_factor(W: torch.Tensor, f: torch.Tensor, axis: int, width: int) -> torch.Tensor:
+    """W's shape, each row (axis 0) or column (axis 1) scaled by its unit's factor f (units,)."""
+    per = f.repeat_interleave(width).to(W.dtype)
+    if per.numel() != W.shape[axis]:
+        raise ConfigError(f"unit factors: expected {W.shape[axis]} = units x width along axis {axis}, got {per.numel()}")
+    return W * (per[:, None] if axis == 0 else per[None, :])
 
 
 @torch.no_grad()
@@ -76,14 +106,21 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     target = cfg.target_sparsity
     if method.stats != "none" and batch is None:
         raise ConfigError(f"method {cfg.method!r} needs calibration data")
-    I = None
-    if method.uses_heads:
-        if head_scores is None:
-            raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
+    I = plan = None
+    if method.uses_heads and head_scores is None:
+        raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
+    if method.uses_channels and channel_scores is None:
+        raise ConfigError(f"method {cfg.method!r} needs CAP MLP channel scores")
+    if method.guided:
+        plan = guided_plan(model, cfg, head_scores, channel_scores)
+    elif method.uses_heads:
         check_scores(head_scores, "head scores", num_layers=geom.num_layers, num_units=geom.num_heads, target="heads",
                      require_complete=True)
         I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
     t0 = time.perf_counter()
+
+    def sparsity_of(path, l):
+        return plan[_kind(path, spec)][l] if plan else target
 
     def score_of(path, W, l, stats):
         if cfg.method == "magnitude":
@@ -92,43 +129,52 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             imp, axis = _cap_factor(path, spec, geom, I[l])
             return cap_score(W, imp, axis, geom.head_dim)
         s = wanda_score(W, stats.sq[path].sqrt())
-        if cfg.method == "cap-wanda":
-            imp, axis = _cap_factor(path, spec, geom, I[l])
-            s = cap_score(s, imp, axis, geom.head_dim)
+        if plan is not None:
+            f, axis, width = unit_of(path, spec, geom, plan["head_f"][l], plan["chan_f"][l], plan["group"])
+            s = unit_factor(s, f, axis, width)
         return s
 
-    def keep_mask(S):
+    def keep_mask(S, sparsity):
         if nm is not None:
             return nm_mask(S, *nm)
-        return matrix_mask(S, target) if method.group == "matrix" else row_mask(S, target)
+        return matrix_mask(S, sparsity) if method.group == "matrix" else row_mask(S, sparsity)
 
     if method.stats == "none":
         all_lin = [(l, p, lin) for l in range(len(layers)) for p, lin in _linears(layers[l], spec).items()]
         scores = [score_of(p, lin.weight.float(), l, None) for l, p, lin in all_lin]
         thr = global_threshold(scores, target) if (method.group == "global" and nm is None) else None
         for (l, p, lin), S in tqdm(list(zip(all_lin, scores)), desc=f"prune {cfg.method}", disable=not progress):
-            keep = (S >= thr) if thr is not None else keep_mask(S)
+            keep = (S >= thr) if thr is not None else keep_mask(S, target)
             lin.weight.mul_(keep.to(lin.weight.dtype))
     else:
+        weights, calib_info = statistic_weights(model, batch, cfg.token_beta if method.guided else 0.0, cfg.dedup_prefix)
+        calib_info["rank"] = []
         dec = Decoder(model)
-        ids = batch.input_ids.to(dec.device)
-        valid = (torch.arange(ids.shape[1])[None] < batch.lengths[:, None]).to(dec.device)  # (N, T)
-        h = dec.embed(ids)  # (N, T, D): the "catcher" step, inputs to layer 0
+        h = dec.embed(batch.input_ids.to(dec.device))  # (N, T, D): the "catcher" step, inputs to layer 0
         for l in tqdm(range(len(layers)), desc=f"prune {cfg.method} (sequential)", disable=not progress):
             lins = _linears(layers[l], spec)
-            stats = _InputStats(lins, method.stats, valid)
+            stats = InputStats(lins, method.stats, weights[l].to(dec.device))
             try:
                 dec.run(h, l, l + 1)  # statistics of this layer's inputs, given pruned earlier layers
             finally:
                 stats.close()
+            if method.stats == "hessian":  # q/k/v share an input, as do gate/up
+                calib_info["rank"].append({p.rsplit(".", 1)[-1]: rank_report(stats.H[p])
+                                           for p in (spec.q, spec.o, spec.gate, spec.down)})
             for p, lin in lins.items():
                 W = lin.weight.float()
                 if method.stats == "hessian":
-                    Wn, _ = sparsegpt_prune(W, stats.H[p], target, nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp)
+                    Wn, _ = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp)
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
-                    lin.weight.mul_(keep_mask(score_of(p, W, l, stats)).to(lin.weight.dtype))
+                    lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))
             h = dec.run(h, l, l + 1)  # outputs of the pruned layer feed the next
+        deficient = [(l, k) for l, r in enumerate(calib_info["rank"]) for k, v in r.items() if not v["full_rank"]]
+        if deficient:
+            log.warning("calibration statistics are rank deficient in %d of %d inputs (e.g. layer %d %s: rank %d of %d); "
+                        "use more calibration problems (stats_problems)", len(deficient), 4 * len(layers), deficient[0][0],
+                        deficient[0][1], calib_info["rank"][deficient[0][0]][deficient[0][1]]["rank"],
+                        calib_info["rank"][deficient[0][0]][deficient[0][1]]["dim"])
     per = {}
     zeros = total = 0
     for l in range(len(layers)):
@@ -140,6 +186,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     check_achieved(cfg, target, zeros / total)
     return {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
-            "layers": per,
+            "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
+            "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 

@@ -32,7 +32,7 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the lowest ``sparsity`` share of each row (Wanda's per-output comparison group)."""
     _check_sparsity(sparsity)
     rows, cols = scores.shape
-    k = int(cols * sparsity)
+    k = int(round(cols * sparsity))  # rounded, not floored: per-block sparsities then average to the target
     mask = torch.ones_like(scores, dtype=torch.bool)
     if k:
         idx = scores.topk(k, dim=1, largest=False).indices  # (rows, k)
@@ -43,7 +43,7 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the lowest ``sparsity`` share of the whole matrix (layer-wise magnitude pruning)."""
     _check_sparsity(sparsity)
-    k = int(scores.numel() * sparsity)
+    k = int(round(scores.numel() * sparsity))
     mask = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if k:
         mask[scores.flatten().topk(k, largest=False).indices] = False

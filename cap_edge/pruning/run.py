@@ -49,10 +49,14 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
     method = get_method(cfg.method)
     model_fp = model_fp or model_fingerprint(lm.model)
     problems = calibration_problems(calib, budget.problems, seed)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     if cfg.structured and cfg.refit:  # the refit's larger batch is the only one pruning uses
         batch = refit_batch(lm.tokenizer, calib, cfg, budget.tokens_per_problem, seed)
+    elif method.stats != "none" and not cfg.structured:  # Wanda / SparseGPT statistics: forward passes only
+        stats = calibration_problems(calib, cfg.stats_problems, seed)
+        batch = build_calib_batch(lm.tokenizer, stats, score_cfg.subsets,
+                                  BudgetConfig(problems=len(stats), tokens_per_problem=budget.tokens_per_problem), pad_id=pad)
     else:
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         batch = build_calib_batch(lm.tokenizer, problems, score_cfg.subsets, budget, pad_id=pad)
     head_scores = channel_scores = None
     if method.uses_heads:
@@ -62,7 +66,7 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
                                            model_fp=model_fp, require_complete=True)
         else:
             head_scores = score_heads(lm.model, lm.tokenizer, problems, score_cfg, budget, progress=progress, model_fp=model_fp)
-        if cfg.structured:
+        if cfg.structured or method.uses_channels:
             channel_scores = score_channels(lm.model, lm.tokenizer, problems, score_cfg, budget, group=cfg.channel_group,
                                             refine_fraction=cfg.channel_refine, progress=progress, model_fp=model_fp)
     calibration = {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()}

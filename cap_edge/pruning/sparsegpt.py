@@ -10,18 +10,23 @@ from ..errors import ConfigError
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
-                    blocksize: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                    blocksize: int = 128, percdamp: float = 0.01, dtype: torch.dtype = torch.float64
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """weight (out, in), hessian (in, in) = X^T X over calibration tokens.
 
-    Returns the updated weight (pruned entries exactly zero) and the keep mask.
+    Returns the updated weight (pruned entries exactly zero) and the keep mask. ``dtype``: float64
+    by default. With a full-rank Hessian float32 gives the same masks (tested, >= 99% agreement);
+    with a rank-deficient one the OBS update is decided by round-off and the two differ (measured:
+    85% mask agreement at 2:4 with 32 calibration problems), so the statistics are made full rank
+    (``PruneConfig.stats_problems``) and the solve stays in float64, which costs little here.
     """
-    W = weight.detach().clone().double()  # float64: the Cholesky solves are the fragile part
+    W = weight.detach().clone().to(dtype)  # the Cholesky solves are the fragile part
     rows, cols = W.shape
     if hessian.shape != (cols, cols):
         raise ConfigError(f"sparsegpt: expected a ({cols}, {cols}) Hessian, got {tuple(hessian.shape)}")
     if nm is not None and cols % nm[1]:
         raise ConfigError(f"sparsegpt {nm[0]}:{nm[1]}: expected input features divisible by {nm[1]}, got {cols}")
-    H = hessian.detach().clone().double()
+    H = hessian.detach().clone().to(dtype)
     dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
     H[dead, dead] = 1
     W[:, dead] = 0

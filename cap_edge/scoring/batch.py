@@ -36,6 +36,18 @@ class CalibBatch:
         return CalibBatch(self.input_ids[start:end], self.ans_row[keep] - start, self.ans_pos[keep], self.ans_tgt[keep],
                           self.subset[start:end], self.tokens[start:end], self.lengths[start:end])
 
+    def select(self, idx: torch.Tensor, T: int, offset: int = 0) -> "CalibBatch":
+        """Rows ``idx`` (renumbered 0..), positions [offset, T): answer positions shift by ``offset``
+        (every answer position must lie in the window)."""
+        new = torch.full((int(self.ans_row.max()) + 1 if self.ans_row.numel() else 0,), -1, dtype=torch.long)
+        new[idx] = torch.arange(len(idx))
+        keep = new[self.ans_row] >= 0 if new.numel() else self.ans_row.new_zeros(0, dtype=torch.bool)
+        pos = self.ans_pos[keep] - offset
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= T - offset):
+            raise ValueError(f"select: answer positions outside the window [{offset}, {T})")
+        return CalibBatch(self.input_ids[idx, offset:T], new[self.ans_row[keep]], pos, self.ans_tgt[keep],
+                          self.subset[idx], self.tokens[idx], self.lengths[idx] - offset)
+
     def fingerprint(self) -> str:
         return sha256_json({"ids": self.input_ids.tolist(), "tgt": self.ans_tgt.tolist(),
                             "pos": self.ans_pos.tolist(), "subset": self.subset.tolist()})

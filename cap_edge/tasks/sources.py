@@ -223,12 +223,25 @@ def interleave(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def calibration_problems(spec: str, n: int, seed: int = 0) -> list[Problem]:
-    """``n`` calibration problems in all, families interleaved."""
+def calibration_problems(spec: str, n: int, seed: int = 0, draw: int = 0) -> list[Problem]:
+    """``n`` calibration problems in all, families interleaved. ``draw`` > 0 takes another subset of
+    the same calibration split (each family's calibration problems shuffled by the draw), so
+    repeated draws stay disjoint from the evaluation split."""
     if n <= 0:
         raise TaskError(f"the calibration set is empty: expected a positive number of problems, got {n}")
     kind, _, arg = spec.partition(":")
     if kind == "embedded":
-        n_fam = len([f for f in arg.split(",") if f]) if arg else len(FAMILIES)
-        return interleave(load_split(spec, "calib", -(-n // n_fam), seed))[:n]
-    return interleave(load_split(spec, "calib", None, seed))[:n]
+        fams = [f for f in arg.split(",") if f] if arg else list(FAMILIES)
+        per = -(-n // len(fams))
+        if draw == 0:
+            return interleave(load_split(spec, "calib", per, seed))[:n]
+        pool = []
+        for fam in fams:
+            whole = embedded([fam], "calib", calib_reserve(fam), seed)
+            random.Random(f"cap-edge:draw:{draw}:{fam}").shuffle(whole)
+            pool += whole[:per]
+        return interleave(pool)[:n]
+    problems = load_split(spec, "calib", None, seed)
+    if draw:
+        random.Random(f"cap-edge:draw:{draw}").shuffle(problems)
+    return interleave(problems)[:n]

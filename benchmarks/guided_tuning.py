@@ -1,0 +1,91 @@
+"""Choosing the CAP-guided methods' settings on validation data, never on the evaluation split:
+calibration-split problems that neither scoring nor the statistics used, plus KL to the dense
+model on the held-out text.
+
+    python benchmarks/guided_tuning.py [--settings 0.3 0.5 2:4]
+
+Writes benchmarks/results/guided_tuning.json. The defaults in PruneConfig (alloc_bound,
+token_beta, unit_strength) are the best rows here by validation answer CE, KL as the tie-break.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import table, write_result
+from cap_edge.config import PruneConfig, ScoreConfig, replace
+from cap_edge.backend import TorchBackend
+from cap_edge.evaluate import evaluate
+from cap_edge.models import load_model
+from cap_edge.pruning import prune_model
+from cap_edge.quality import measure, reference, torch_primitives
+from cap_edge.scoring import build_calib_batch, score_channels, score_heads
+from cap_edge.tasks import FAMILIES, calibration_problems, interleave
+from cap_edge.tasks.sources import calib_reserve, embedded
+
+VARIANTS = {  # name -> (method, overrides)
+    "sparsegpt": ("sparsegpt", {}),
+    "cap-sparsegpt": ("cap-sparsegpt", {}),
+    "cap-sparsegpt alloc only": ("cap-sparsegpt", {"token_beta": 0.0}),
+    "cap-sparsegpt weights only": ("cap-sparsegpt", {"alloc_bound": 0.0}),
+    "cap-sparsegpt bound 0.08": ("cap-sparsegpt", {"alloc_bound": 0.08}),
+    "cap-sparsegpt beta 0.9": ("cap-sparsegpt", {"token_beta": 0.9}),
+    "wanda": ("wanda", {}),
+    "cap-wanda": ("cap-wanda", {}),
+    "cap-wanda no unit factors": ("cap-wanda", {"unit_strength": 0.0}),
+    "cap-wanda strength 0.25": ("cap-wanda", {"unit_strength": 0.25}),
+}
+
+
+def validation_problems() -> list:
+    """The last stretch of each family's calibration split: never used for scores (first 3 per
+    family) or statistics (first 10 per family)."""
+    out = []
+    for fam in FAMILIES:
+        n = calib_reserve(fam)
+        out += embedded([fam], "calib", n)[max(20, n - 40):]
+    return interleave(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", nargs="+", default=["0.3", "0.5", "2:4"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = ap.parse_args()
+    lm = load_model(None, device="cpu")
+    model, tok = lm.model, lm.tokenizer
+    calib = calibration_problems("embedded", 32)
+    val = validation_problems()
+    assert not {p.key for p in val} & {p.key for p in calibration_problems("embedded", 128)}
+    heads = score_heads(model, tok, calib, ScoreConfig())
+    chans = score_channels(model, tok, calib, ScoreConfig())
+    stats = build_calib_batch(tok, calibration_problems("embedded", 128), 3, pad_id=tok.pad_token_id)
+    ref = reference(*torch_primitives(model, tok), tok, [])  # KL and perplexity only
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
+    rows, results = [], []
+    for setting in args.settings:
+        pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
+        for name in args.variants:
+            method, over = VARIANTS[name]
+            model.load_state_dict(original)
+            cfg = replace(PruneConfig(method=method, sparsity=sp, pattern=pattern), **over)
+            t = time.perf_counter()
+            prune_model(model, cfg, stats, heads, channel_scores=chans, progress=False)
+            secs = time.perf_counter() - t
+            ce = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
+            q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
+            r = {"setting": setting, "variant": name, "val_answer_ce": ce, "kl_mean": q["kl_mean"], "ppl": q["ppl"],
+                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "token_beta", "unit_strength")}}
+            results.append(r)
+            rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"])
+            print(rows[-1], flush=True)
+    md = table(rows, ["setting", "variant", "validation answer CE", "KL to dense", "ppl", "prune s"])
+    print(md)
+    write_result("guided_tuning", {"validation_problems": len(val), "dense_val_answer_ce": dense, "dense_ppl": ref.ppl,
+                                   "results": results, "table_md": md})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Pure maths of CAP-guided allocation and token weighting (no hooks, no models).
+
+``allocate``: spread a global sparsity target over blocks (a layer's attention or MLP) by their
+causal importance, each block within ``bound`` of the target, the parameter-weighted mean equal to
+the target. ``rank_normalise`` maps scores to [-1, 1] by rank, so one outlier cannot decide it.
+
+``token_weights``: per-token weights of the calibration statistics (Wanda's ||X_j||, SparseGPT's
+Hessian) from the answer-loss gradient at each position, mixed with uniform weights by ``beta``
+(0 = plain Wanda / SparseGPT); positions every row shares (the chat template's prefix) count once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+def rank_normalise(scores: torch.Tensor) -> torch.Tensor:
+    """(n,) -> (n,) in [-1, 1]: -1 for the lowest, +1 for the highest (ties share the mean rank)."""
+    s = scores.double().flatten()
+    n = s.numel()
+    if n == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    order = s.argsort()
+    r = torch.empty(n, dtype=torch.float64)
+    r[order] = torch.arange(n, dtype=torch.float64)
+    for v in s.unique():  # average tied ranks
+        m = s == v
+        if m.sum() > 1:
+            r[m] = r[m].mean()
+    return (2 * r / (n - 1) - 1).view_as(scores)
+
+
+def allocate(importance: torch.Tensor, sizes: torch.Tensor, target: float, bound: float,
+             floor: float = 0.0, ceil: float = 0.95, tol: float = 1e-7) -> torch.Tensor:
+    """Per-block sparsity: more important blocks keep more weights.
+
+    importance (n,), sizes (n,) parameters per block. Returns s (n,) with every s_i in
+    [target - bound, target + bound] ∩ [floor, ceil], non-increasing in importance, and
+    sum(s * sizes) / sum(sizes) == target within ``tol``. s_i = clip(target - bound * z_i + c), z the
+    rank-normalised importance, c found by bisection (the weighted mean is monotone in c).
+    """
+    if not 0 <= target < 1:
+        raise ConfigError(f"allocation target: expected a value in [0, 1), got {target!r}")
+    if bound < 0:
+        raise ConfigError(f"allocation bound: expected >= 0, got {bound!r}")
+    if importance.shape != sizes.shape or importance.dim() != 1:
+        raise ConfigError(f"allocation: expected importance and sizes of one shape (n,), got "
+                          f"{tuple(importance.shape)} and {tuple(sizes.shape)}")
+    lo, hi = max(floor, target - bound), min(ceil, target + bound)
+    if not lo <= target <= hi:
+        raise ConfigError(f"allocation: target {target} outside [{lo}, {hi}]")
+    w = sizes.double() / sizes.double().sum()
+    base = target - bound * rank_normalise(importance)
+
+    def mean_at(c):
+        return float((w * (base + c).clamp(lo, hi)).sum())
+
+    a, b = -2.0 * (bound + 1), 2.0 * (bound + 1)
+    for _ in range(200):
+        c = (a + b) / 2
+        m = mean_at(c)
+        if abs(m - target) <= tol:
+            break
+        a, b = (c, b) if m < target else (a, c)
+    return (base + c).clamp(lo, hi)
+
+
+def token_weights(grad_norm: torch.Tensor, valid: torch.Tensor, beta: float, shared_prefix: int = 0) -> torch.Tensor:
+    """Weights (N, T) of each calibration token in the layer-input statistics.
+
+    grad_norm (N, T): ||dL_answer / dh_t|| at the layer input; valid (N, T) bool (not padding).
+    w = (1 - beta) + beta * grad_norm / mean(grad_norm over valid tokens); 0 on padding. The first
+    ``shared_prefix`` positions hold the same state in every row, so they count once (1/N each).
+    beta = 0 and shared_prefix = 0 give 1 on every valid token: plain Wanda / SparseGPT."""
+    if not 0 <= beta <= 1:
+        raise ConfigError(f"token weighting beta: expected a value in [0, 1], got {beta!r}")
+    if grad_norm.shape != valid.shape:
+        raise ConfigError(f"token weights: expected grad_norm and valid of one shape, got {tuple(grad_norm.shape)} "
+                          f"and {tuple(valid.shape)}")
+    g = grad_norm.double() * valid
+    mean = g.sum() / valid.sum().clamp_min(1)
+    w = ((1 - beta) + (beta * g / mean if mean > 0 else 0.0)) * valid
+    if shared_prefix:
+        w[:, :shared_prefix] /= valid.shape[0]
+    return w
+
+
+def shared_prefix_length(input_ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Positions at which every row holds the same token (and hence the same hidden state)."""
+    n = int(lengths.min()) - 1
+    same = (input_ids[:, :n] == input_ids[:1, :n]).all(0)  # (n,)
+    return int(same.long().cumprod(0).sum())

@@ -1,0 +1,86 @@
+"""Layer-input statistics for the calibration-based methods, gathered with hooks: Wanda's weighted
+squared norms and SparseGPT's weighted Hessian, per-token weights from the answer-loss gradient,
+and the rank and condition of each statistic (a rank-deficient Hessian leaves the OBS update to
+round-off)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..scoring import CalibBatch, Decoder
+from .allocation import shared_prefix_length, token_weights
+
+
+class InputStats:
+    """Forward hooks accumulating per-linear input statistics over weighted tokens.
+
+    ``weights`` (N, T): each token's weight (0 on padding); ``kind``: "norm" (sum w x^2 per input,
+    Wanda) or "hessian" (sum w x x^T, SparseGPT)."""
+
+    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, weights: torch.Tensor):
+        self.kind = kind
+        self.valid = weights > 0  # (N, T)
+        self.w = weights[self.valid].double()  # (tokens,)
+        self.sq: dict[str, torch.Tensor] = {}
+        self.H: dict[str, torch.Tensor] = {}
+        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in linears.items()]
+
+    def _hook(self, path):
+        def fn(_mod, args, _out):
+            x = args[0][self.valid].double()  # (tokens, in)
+            if self.kind == "norm":
+                self.sq[path] = self.sq.get(path, 0) + (self.w[:, None] * x * x).sum(0)
+            else:
+                self.H[path] = self.H.get(path, 0) + (x * self.w[:, None]).T @ x
+        return fn
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def rank_report(H: torch.Tensor, rtol: float = 1e-10) -> dict:
+    """Numerical rank and condition number of a symmetric PSD statistic (eigenvalues, float64)."""
+    ev = torch.linalg.eigvalsh(H.double()).clamp_min(0)
+    top = float(ev.max())
+    rank = int((ev > rtol * top).sum()) if top > 0 else 0
+    pos = ev[ev > rtol * top]
+    return {"dim": H.shape[0], "rank": rank, "full_rank": rank == H.shape[0],
+            "condition": float(top / pos.min()) if rank else float("inf")}
+
+
+def answer_grad_norms(model, batch: CalibBatch, rows_per_chunk: int = 16) -> list[torch.Tensor]:
+    """||d(answer CE) / d h_t|| at every layer's input, per row and position: L tensors (N, T).
+
+    The causal signal for the statistics: a position whose state does not reach the answers
+    (padding, anything after the last answer token) gets 0."""
+    dec = Decoder(model)
+    dev = dec.device
+    L = len(dec.layers)
+    N, T = batch.input_ids.shape
+    out = [torch.zeros(N, T, dtype=torch.float64) for _ in range(L)]
+    for i in range(0, N, rows_per_chunk):
+        part = batch.rows(i, i + rows_per_chunk)
+        with torch.enable_grad():
+            collect: list[torch.Tensor] = []
+            h0 = dec.embed(part.input_ids.to(dev)).detach().requires_grad_(True)
+            hf = dec.run(h0, 0, collect=collect)
+            loss = dec.answer_nll(hf, part)[0].sum()
+            grads = torch.autograd.grad(loss, collect)
+        for l, g in enumerate(grads):
+            out[l][i:i + part.n] = g.double().norm(dim=-1).cpu()
+    return out
+
+
+def statistic_weights(model, batch: CalibBatch, beta: float, dedup_prefix: bool) -> tuple[list[torch.Tensor], dict]:
+    """Per-layer token weights (N, T) and what went into them. beta = 0 and no de-duplication give
+    uniform weights (plain Wanda / SparseGPT); the gradient pass runs only when beta > 0."""
+    N, T = batch.input_ids.shape
+    valid = torch.arange(T)[None] < batch.lengths[:, None]  # (N, T)
+    prefix = shared_prefix_length(batch.input_ids, batch.lengths) if dedup_prefix else 0
+    L = len(Decoder(model).layers)
+    grads = answer_grad_norms(model, batch) if beta > 0 else [torch.ones(N, T, dtype=torch.float64)] * L
+    ws = [token_weights(g, valid, beta, prefix) for g in grads]
+    info = {"beta": beta, "shared_prefix_tokens": prefix, "tokens": int(valid.sum()),
+            "distinct_tokens": int(valid.sum()) - prefix * (N - 1)}
+    return ws, info

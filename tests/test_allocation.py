@@ -1,0 +1,81 @@
+"""CAP-guided allocation and token weighting: pure maths on random tensors, and the guided methods
+reducing exactly to their baselines when their causal signals are switched off."""
+
+import pytest
+import torch
+
+from cap_edge.config import PruneConfig, ScoreConfig
+from cap_edge.errors import ConfigError
+from cap_edge.pruning import prune_model
+from cap_edge.pruning.allocation import allocate, rank_normalise, shared_prefix_length, token_weights
+from cap_edge.scoring import build_calib_batch, compute_scores, score_channels
+from cap_edge.tasks import load_split
+
+from conftest import make_tiny_llama
+
+
+@pytest.mark.parametrize("target,bound", [(0.5, 0.15), (0.1, 0.15), (0.3, 0.05), (0.9, 0.15), (0.5, 0.0)])
+def test_allocation_sums_to_target_within_bounds_and_is_monotone(target, bound):
+    torch.manual_seed(0)
+    imp, sizes = torch.randn(60), torch.randint(1000, 5000, (60,)).double()
+    s = allocate(imp, sizes, target, bound)
+    assert abs(float((s * sizes).sum() / sizes.sum()) - target) <= 1e-4 * target  # within 0.01%
+    assert float(s.min()) >= max(0.0, target - bound) - 1e-12 and float(s.max()) <= min(0.95, target + bound) + 1e-12
+    order = imp.argsort()
+    assert (s[order][1:] <= s[order][:-1] + 1e-12).all()  # more important -> never more sparsity
+    if bound > 0:
+        assert float(s.max() - s.min()) > bound  # the scores actually moved it
+
+
+def test_allocation_errors_and_ranks():
+    assert rank_normalise(torch.tensor([3.0, 1.0, 2.0])).tolist() == [1.0, -1.0, 0.0]
+    assert rank_normalise(torch.tensor([5.0, 5.0])).tolist() == [0.0, 0.0]
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        allocate(torch.ones(3), torch.ones(3), 1.0, 0.1)
+    with pytest.raises(ConfigError, match="one shape"):
+        allocate(torch.ones(3), torch.ones(4), 0.5, 0.1)
+
+
+def test_token_weights_uniform_gradient_and_prefix():
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    g = torch.tensor([[1.0, 3.0, 0.0, 9.0], [2.0, 2.0, 2.0, 2.0]])
+    assert torch.equal(token_weights(g, valid, 0.0), valid.double())  # beta 0: plain statistics
+    w = token_weights(g, valid, 1.0)
+    assert w[0, 3] == 0 and w[0, 2] == 0 and float(w[valid].mean()) == pytest.approx(1.0)  # padding 0, mean 1
+    w = token_weights(g, valid, 0.0, shared_prefix=2)
+    assert w[:, :2].sum(0).tolist() == [1.0, 1.0]  # a shared position counts once in all
+    ids = torch.tensor([[5, 6, 7, 1], [5, 6, 8, 8]])
+    assert shared_prefix_length(ids, torch.tensor([3, 4])) == 2
+
+
+def _setup(tokenizer):
+    probs = load_split("embedded", "calib", 1)[:6]
+    model = make_tiny_llama()
+    batch = build_calib_batch(tokenizer, probs, 3)
+    heads = compute_scores(model, batch, ScoreConfig(), progress=False)
+    chans = score_channels(model, tokenizer, probs, ScoreConfig(), group=32, refine_fraction=0.5, progress=False)
+    return batch, heads, chans
+
+
+@pytest.mark.parametrize("guided,base", [("cap-wanda", "wanda"), ("cap-sparsegpt", "sparsegpt")])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_guided_methods_reduce_exactly_to_their_baselines(tokenizer, guided, base, pattern):
+    batch, heads, chans = _setup(tokenizer)
+    off = dict(alloc_bound=0.0, token_beta=0.0, unit_strength=0.0, dedup_prefix=False, sparsity=0.5, pattern=pattern)
+    a, b = make_tiny_llama(), make_tiny_llama()
+    prune_model(a, PruneConfig(method=guided, **off), batch, heads, channel_scores=chans, progress=False)
+    prune_model(b, PruneConfig(method=base, **off), batch, progress=False)
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+
+
+def test_guided_allocation_and_weights_change_the_result(tokenizer):
+    batch, heads, chans = _setup(tokenizer)
+    model = make_tiny_llama()
+    rep = prune_model(model, PruneConfig(method="cap-sparsegpt", sparsity=0.5), batch, heads, channel_scores=chans,
+                      progress=False)
+    alloc = rep["allocation"]["attn"] + rep["allocation"]["mlp"]
+    assert max(alloc) - min(alloc) > 0.05 and rep["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert rep["calibration_statistics"]["beta"] == 0.5 and rep["calibration_statistics"]["rank"][0]["down_proj"]["dim"] == 128
+    with pytest.raises(ConfigError, match="needs CAP MLP channel scores"):
+        prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda"), batch, heads, progress=False)
