@@ -5,3 +5,13 @@ is the one module that joins them.
 """
 
 __version__ = "0.1.0"
+
+
+def load_pretrained(path, dtype=None):
+    """A model directory written by cap-edge (pruned or structurally pruned) as a PyTorch model;
+    see ``cap_edge.models.load_pretrained``."""
+    import torch
+
+    from .models import load_pretrained as _load
+
+    return _load(path, dtype or torch.float32)

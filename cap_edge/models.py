@@ -20,7 +20,8 @@ import torch
 
 from .arch import arch_for
 from .errors import ModelLoadError
-from .io import atomic_dir, cache_dir, verify_digests, write_digests
+from .gguf_import import gguf_to_hf_dir
+from .io import cache_dir, verify_digests
 
 log = logging.getLogger(__name__)
 
@@ -80,83 +81,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def gguf_to_hf_dir(gguf_file: Path, out: Path) -> Path:
-    """Dequantize a GGUF into a float safetensors HF directory at ``out`` (atomically)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .tokenizer import exact_tokenizer_supported, gguf_fields, tokenizer_from_gguf
-
-    gguf_file = Path(gguf_file)
-    if not gguf_file.is_file():
-        raise ModelLoadError(f"GGUF file not found: {gguf_file}")
-    fields = gguf_fields(gguf_file)
-    try:
-        config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        arch_for(config.model_type)
-        if exact_tokenizer_supported(fields):
-            tok = tokenizer_from_gguf(fields)
-        else:  # e.g. SentencePiece vocabularies: transformers' converter, which the exact builder does not cover
-            log.warning("%s: tokenizer %r / pre-tokenizer %r not in cap-edge's exact table; using transformers' "
-                        "GGUF conversion", gguf_file.name, fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre"))
-            tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
-        )
-    except ModelLoadError:
-        raise
-    except Exception as e:  # gguf reader errors are varied; name the file
-        if e.__class__.__name__ == "UnsupportedArchitectureError":
-            raise
-        raise ModelLoadError(f"could not read GGUF {gguf_file}: {e}") from e
-    # A model loaded from GGUF carries a quantization config and refuses save_pretrained: copy its
-    # weights into a plain model built from the same config without it.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = "float32"
-    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
-        if f"tokenizer.ggml.{key}_token_id" in fields:  # the model config agrees with its tokenizer
-            setattr(config, attr, int(fields[f"tokenizer.ggml.{key}_token_id"]))
-    fresh = type(loaded)(config)
-    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ModelLoadError(f"GGUF {gguf_file}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    fresh.tie_weights()
-    fresh.generation_config.bos_token_id = config.bos_token_id
-    fresh.generation_config.eos_token_id = config.eos_token_id
-    fresh.generation_config.pad_token_id = config.pad_token_id
-    with atomic_dir(out, overwrite=True) as tmp:
-        fresh.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps(source_metadata(gguf_file, fields), indent=2))
-        write_digests(tmp)
-    return out
-
-
-SOURCE_FILE = "cap_edge_source.json"
-# GGUF keys carried from the source file into every GGUF cap-edge writes (with the source's values)
-SOURCE_KEYS = ("general.license", "general.basename", "general.organization", "general.size_label",
-               "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix",
-               "general.quantization_version")
-
-
-def source_metadata(gguf_file: Path, fields: dict) -> dict:
-    """What a converted directory remembers of its GGUF: its name and the keys an export writes back."""
-    return {"gguf": Path(gguf_file).name, "name": fields.get("general.name"),
-            "gguf_pre": fields.get("tokenizer.ggml.pre"),  # kept for directories converted before "keys"
-            "keys": {k: fields[k] for k in SOURCE_KEYS if k in fields}}
-
-
-def source_info(model_dir: str | os.PathLike) -> dict:
-    """The source GGUF's metadata of a converted (or pruned-from-converted) directory, else {}."""
-    f = Path(model_dir) / SOURCE_FILE
-    try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except ValueError:
-        return {}
-
-
 # Bumped whenever the conversion changes what it writes (2: tokenizer rebuilt exactly from the GGUF),
 # so a directory converted by an older version is never reused.
 CONVERSION_VERSION = 2
@@ -188,6 +112,8 @@ def _check_hf_dir(path: Path) -> None:
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
     except (ValueError, AttributeError) as e:  # not JSON, not UTF-8, or not an object
         raise ModelLoadError(f"{path / 'config.json'} is not a valid JSON config: {e}") from e
+    if model_type == STRUCTURED_TYPE:
+        model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("cap_edge_base_model_type")
     arch_for(model_type or "<missing model_type>")
     weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
     if not weights:
@@ -220,7 +146,7 @@ def model_config(spec: str | os.PathLike | None = None):
         gguf = embedded_gguf_path()
         cached = _embedded_target(gguf)
         if (cached / "config.json").is_file():
-            return AutoConfig.from_pretrained(cached), f"embedded:{EMBEDDED_NAME}"
+            return load_config(cached), f"embedded:{EMBEDDED_NAME}"
         return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name), f"embedded:{EMBEDDED_NAME}"
     path = Path(spec).expanduser()
     try:
@@ -233,7 +159,7 @@ def model_config(spec: str | os.PathLike | None = None):
             config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         else:
             _check_hf_dir(path)
-            config = AutoConfig.from_pretrained(path)
+            config = load_config(path)
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types for a damaged config or file
@@ -273,13 +199,13 @@ def load_model(
 
 
 def _load_placed(path: Path, dtype, attn_implementation, device_map):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from .structure import is_structured
 
     if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
         raise ModelLoadError(f"device_map: expected auto, balanced, balanced_low_0, sequential or a dict; got {device_map!r}")
-    if is_structured(AutoConfig.from_pretrained(path)):
+    if is_structured(load_config(path)):
         raise ModelLoadError("device_map placement of a structurally pruned model is not supported; load it on one device")
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if isinstance(device_map, dict) and "disk" in device_map.values():  # layers streamed from disk
@@ -290,17 +216,63 @@ def _load_placed(path: Path, dtype, attn_implementation, device_map):
         raise ModelLoadError(f"could not place {path} with device_map={device_map!r}: {e}") from e
 
 
+STRUCTURED_TYPE = "cap_edge_structured"  # model_type of structurally pruned directories (custom code beside them)
+MODELING_FILE = "modeling_cap_edge.py"
+
+
+def load_config(path: str | os.PathLike, **kwargs):
+    """The config of a model directory. A structurally pruned directory says model_type
+    "cap_edge_structured" (so that plain transformers refuses it instead of building the wrong
+    shapes); here it becomes its base architecture's config with the per-layer sizes attached."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path / 'config.json'}: could not read the config ({e})") from e
+    if isinstance(data, dict) and data.get("model_type") == STRUCTURED_TYPE:
+        base = data.get("cap_edge_base_model_type")
+        arch_for(base or "<missing cap_edge_base_model_type>")
+        fields = {k: v for k, v in data.items() if k not in ("model_type", "auto_map", "architectures", "cap_edge_base_model_type")}
+        return AutoConfig.for_model(base, **fields, **kwargs)
+    return AutoConfig.from_pretrained(path, **kwargs)
+
+
+def structured_config_files(config) -> dict[str, str]:
+    """config.json and the modeling file of a structurally pruned model: transformers loads the
+    directory with trust_remote_code=True, and without it refuses clearly (unknown model type)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = config.model_type
+    model_cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[base]
+    data = config.to_dict()
+    data.update(model_type=STRUCTURED_TYPE, cap_edge_base_model_type=base, architectures=["CapEdgeStructuredForCausalLM"],
+                auto_map={"AutoConfig": "modeling_cap_edge.CapEdgeStructuredConfig",
+                          "AutoModelForCausalLM": "modeling_cap_edge.CapEdgeStructuredForCausalLM"})
+    template = (Path(__file__).resolve().parent / "data" / "modeling_cap_edge.py.tmpl").read_text()
+    code = template.format(BASE_CONFIG=type(config).__name__, BASE_MODEL=model_cls)
+    return {"config.json": json.dumps(data, indent=2, sort_keys=True) + "\n", MODELING_FILE: code}
+
+
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """A model directory written by cap-edge (pruned, structured or not) as a PyTorch model.
+    The tokenizer is ``AutoTokenizer.from_pretrained(path)``."""
+    path, _ = resolve_model_dir(path)
+    return load_weights(path, dtype).eval()
+
+
 def load_weights(path: Path, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """``from_pretrained``, or for a structurally pruned directory (per-layer head counts and MLP
     widths in config.json) a model built from the config, reshaped per layer, then loaded strictly."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from .structure import CONFIG_KEY, shape_model
 
     path = Path(path)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        config = load_config(path, **kwargs)
         sizes = getattr(config, CONFIG_KEY, None)
         if not sizes:
             return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)

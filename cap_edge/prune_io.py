@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 from .io import atomic_dir, write_digests, write_json
-from .models import SOURCE_FILE
+from .gguf_import import SOURCE_FILE
+from .models import structured_config_files
+from .structure import is_structured
 
 
 def save_pruned(model, tokenizer, out: str | Path, report: dict, extra: dict | None = None, overwrite: bool = False,
@@ -21,6 +23,9 @@ def save_pruned(model, tokenizer, out: str | Path, report: dict, extra: dict | N
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if is_structured(model.config):  # per-layer shapes: plain transformers must refuse, not mis-load
+            for name, text in structured_config_files(model.config).items():
+                (tmp / name).write_text(text)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "sparsity.json", {**report, **(extra or {})})
         if source_dir is not None and (Path(source_dir) / SOURCE_FILE).is_file():

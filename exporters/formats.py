@@ -19,6 +19,7 @@ from typing import Callable
 from cap_edge.errors import ExportError
 
 from .bundle import HF_SIDE_FILES
+from .genai import export_genai
 from .gguf import export_gguf
 from .onnx import export_onnx
 from .onnx_static import export_static
@@ -62,6 +63,11 @@ def _static(p, metric, tol, top1, greedy, bpp, quant, lower):
                       HF_SIDE_FILES)
 
 
+def _genai(p, metric, tol, top1, greedy, bpp, quant, lower):
+    # the folder holds genai_config.json, tokenizer and chat template beside model.onnx
+    return FormatSpec("genai", p, export_genai, "onnxruntime-genai", metric, tol, top1, greedy, bpp, quant, lower)
+
+
 # Q8_0 = 34 bytes per 32 weights, Q4_0 = 18; MatMulNBits int8 / int4 (scales not counted but int4's fp16).
 # QDQ stores int8 weights (float-kept nodes not counted).
 FORMATS: dict[tuple[str, str], FormatSpec] = {(s.format, s.precision): s for s in (
@@ -76,6 +82,9 @@ FORMATS: dict[tuple[str, str], FormatSpec] = {(s.format, s.precision): s for s i
     _static("fp32", "max_abs_logit_diff", 1e-3, 1.0, "exact", 4.0, False, "qdq16"),
     _static("qdq16", "mean_kl", 0.5, 0.6, "none", 1.0, True, "qdq8"),
     _static("qdq8", "mean_kl", 1.0, 0.5, "none", 1.0, True, None),
+    _genai("fp32", "max_abs_logit_diff", 1e-3, 1.0, "exact", 4.0, False, "int8"),
+    _genai("int8", "mean_kl", 0.05, 0.9, "none", 1.0, True, "int4"),
+    _genai("int4", "mean_kl", 0.5, 0.6, "none", 0.5 + 2 / 32, True, None),
 )}
 
 

@@ -111,15 +111,16 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
     import gguf
     import torch
     from gguf.quants import quantize
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from cap_edge.models import load_weights, source_info
+    from cap_edge.gguf_import import source_info
+    from cap_edge.models import load_config, load_weights
     from cap_edge.structure import is_structured, layer_sizes
 
     if precision not in PRECISIONS:
         raise ExportError(f"GGUF type: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg = load_config(model_dir)
     if cfg.model_type not in SUPPORTED:
         raise ExportError(f"GGUF export supports {', '.join(SUPPORTED)}; {model_dir} is {cfg.model_type!r}")
     try:

@@ -38,13 +38,12 @@ def _save(model, path: Path) -> list[Path]:
     return [path]
 
 
-def _fp32_export(model_dir: Path, work: Path) -> Path:
+def _fp32_export(model_dir: Path, work: Path, kv_layout: str = "dynamic") -> Path:
     from optimum.exporters.onnx import main_export
-    from transformers import AutoConfig
-
+    from cap_edge.models import load_config
     from cap_edge.structure import is_structured
 
-    if is_structured(AutoConfig.from_pretrained(model_dir)):
+    if is_structured(load_config(model_dir)) or kv_layout != "dynamic":
         # per-layer head counts: optimum's dummy KV cache assumes one head count, so use the
         # explicit-cache graph (same input/output names, driven by the same runtime)
         import torch
@@ -54,7 +53,7 @@ def _fp32_export(model_dir: Path, work: Path) -> Path:
         from .onnx_kv import export_kv_graph
 
         work.mkdir(parents=True, exist_ok=True)
-        export_kv_graph(load_weights(model_dir, torch.float32), work / "model.onnx", "dynamic")
+        export_kv_graph(load_weights(model_dir, torch.float32), work / "model.onnx", kv_layout)
         for extra in SIDE_FILES:
             if (model_dir / extra).is_file():
                 shutil.copy(model_dir / extra, work / extra)
@@ -78,9 +77,29 @@ def _metadata(model, meta: dict) -> None:
         model.metadata_props.append(p)
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp32", metadata: dict | None = None) -> Artifact:
+def convert(src: Path, precision: str):
+    """The fp32 graph at ``src`` in ``precision`` (an onnx.ModelProto)."""
     import onnx
 
+    if precision == "fp32":
+        return onnx.load(src)
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        return convert_float_to_float16(onnx.load(src), keep_io_types=False, disable_shape_infer=True,
+                                        op_block_list=["SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"])
+    # Weight-only MatMulNBits (8 or 4 bits, symmetric blocks of 32: zero stays zero), activations
+    # stay float. ONNX Runtime's dynamic int8 quantization (activations to uint8 per tensor)
+    # measured mean KL 0.89-1.24 and top-1 0.27-0.65 on the pruned SmolLM2 (activation outliers),
+    # weight-only int8 0.002-0.005 and 0.94.
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    qz = MatMulNBitsQuantizer(onnx.load(src), bits=8 if precision == "int8" else 4, block_size=32, is_symmetric=True)
+    qz.process()
+    return qz.model.model
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp32", metadata: dict | None = None) -> Artifact:
     if precision not in PRECISIONS:
         raise ExportError(f"ONNX precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -89,24 +108,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp
         work = Path(tmp)
         src = _fp32_export(model_dir, work / "fp32")
         final = work / f"model.{precision}.onnx"
-        if precision == "fp32":
-            m = onnx.load(src)
-        elif precision == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            m = convert_float_to_float16(onnx.load(src), keep_io_types=False, disable_shape_infer=True,
-                                         op_block_list=["SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"])
-        else:
-            # Weight-only MatMulNBits (8 or 4 bits, symmetric blocks of 32: zero stays zero),
-            # activations stay float. ONNX Runtime's dynamic int8 quantization (activations to
-            # uint8 per tensor) measured mean KL 0.89-1.24 and top-1 0.27-0.65 on the pruned
-            # SmolLM2 (activation outliers), weight-only int8 0.002-0.005 and 0.94.
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-            qz = MatMulNBitsQuantizer(onnx.load(src), bits=8 if precision == "int8" else 4, block_size=32,
-                                      is_symmetric=True)
-            qz.process()
-            m = qz.model.model
+        m = convert(src, precision)
         _metadata(m, {"precision": precision, **(metadata or {})})
         files = _save(m, final)
         zeros = pruned_zeros_kept(src, final) if precision in ("int8", "int4") else None

@@ -15,7 +15,12 @@ layouts:
   ``new.{i}.key/value`` (1, kv_i, T, hd), which the driver writes into its cache buffer
   (``runtimes.onnx_static``). No dynamic dimension remains.
 
-A layer left without heads has no cache inputs or outputs.
+* ``padded``: the dynamic layout with every layer's cache at the largest K/V head count of any
+  layer (missing heads are zeros, never attended) and present for every layer, attention-free ones
+  included: runtimes that allocate one cache shape for all layers (onnxruntime-genai) then run
+  structurally pruned models.
+
+A layer left without heads has no cache inputs or outputs (except in ``padded``).
 """
 
 from __future__ import annotations
@@ -89,8 +94,8 @@ class _Block(torch.nn.Module):
 class KVGraph(torch.nn.Module):
     def __init__(self, model, layout: str = "dynamic", tokens: int | None = None, cache: int | None = None):
         super().__init__()
-        if layout not in ("dynamic", "static"):
-            raise ExportError(f"KV graph layout: expected dynamic or static, got {layout!r}")
+        if layout not in ("dynamic", "static", "padded"):
+            raise ExportError(f"KV graph layout: expected dynamic, static or padded, got {layout!r}")
         spec = arch_for(model)
         self.layout = layout
         self.spec = spec
@@ -111,6 +116,9 @@ class KVGraph(torch.nn.Module):
         self.sizes = layer_sizes(model.config)
         self.hd = head_geometry(model.config).head_dim
         self.attn_layers = [i for i, n in enumerate(self.sizes["num_heads"]) if n > 0]
+        self.kv_max = max(self.sizes["num_kv_heads"])
+        if layout == "padded":
+            self.attn_layers = list(range(len(self.sizes["num_heads"])))  # a cache entry for every layer
         # static layout: sizes are Python constants, so no Shape op reaches a Reshape and ONNX shape
         # inference sees every dimension
         self.static = (tokens, cache) if layout == "static" else None
@@ -122,7 +130,7 @@ class KVGraph(torch.nn.Module):
 
     def io_names(self) -> tuple[list[str], list[str]]:
         past = [f"past_key_values.{i}.{kv}" for i in self.attn_layers for kv in ("key", "value")]
-        out = "present" if self.layout == "dynamic" else "new"
+        out = "new" if self.layout == "static" else "present"
         present = [f"{out}.{i}.{kv}" for i in self.attn_layers for kv in ("key", "value")]
         return ["input_ids", "position_ids", "attention_mask", *past], ["logits", *present]
 
@@ -148,6 +156,19 @@ class KVGraph(torch.nn.Module):
         outputs = []
         it = iter(past)
         for block in self.blocks:
+            if self.layout == "padded":
+                pk, pv = next(it), next(it)  # (1, kv_max, P, hd)
+                if block.nh == 0:  # no attention: the cache only grows by T empty slots
+                    h, _ = block(h, cos, sin, mask, None, None, T)
+                    pad = pk.new_zeros(1, self.kv_max, T, self.hd)
+                    outputs += [torch.cat([pk, pad], dim=2), torch.cat([pv, pad], dim=2)]
+                    continue
+                h, kv = block(h, cos, sin, mask, pk[:, : block.nkv], pv[:, : block.nkv], T)
+                extra = self.kv_max - block.nkv
+                if extra:  # (1, kv_i, S, hd) -> (1, kv_max, S, hd): zero heads nobody reads
+                    kv = [torch.cat([t, t.new_zeros(1, extra, t.shape[2], self.hd)], dim=1) for t in kv]
+                outputs += kv
+                continue
             pk, pv = (next(it), next(it)) if block.nh > 0 else (None, None)
             h, kv = block(h, cos, sin, mask, pk, pv, T)
             outputs += kv
@@ -164,7 +185,7 @@ class KVGraph(torch.nn.Module):
         dt = self.embed.weight.dtype
         past = []
         for i in self.attn_layers:
-            kv = self.sizes["num_kv_heads"][i]
+            kv = self.kv_max if self.layout == "padded" else self.sizes["num_kv_heads"][i]
             past += [torch.zeros(1, kv, past_len, self.hd, dtype=dt), torch.zeros(1, kv, past_len, self.hd, dtype=dt)]
         return (ids, pos, mask, *past)
 
@@ -183,7 +204,7 @@ def export_kv_graph(model, path, layout: str = "dynamic", tokens: int = 1, cache
     ins, outs = graph.io_names()
     args = graph.dummy_inputs(tokens if layout == "static" else 3, cache if layout == "static" else 2)
     dyn = None
-    if layout == "dynamic":
+    if layout != "static":
         dyn = {"input_ids": {1: "T"}, "position_ids": {1: "T"}, "attention_mask": {1: "S"}, "logits": {1: "T"}}
         for n in ins[3:]:
             dyn[n] = {2: "P"}

@@ -88,7 +88,14 @@ def validate(runtime, model, tokenizer, spec: FormatSpec, artifact: str | Path, 
         same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
         result["greedy_tokens_equal"] = same
         result["greedy_equal"] = ref == got
+    if hasattr(runtime, "tokenize"):  # a runtime with its own tokenizer must produce the same ids
+        texts = PROMPTS + ["  spaces\tand\nnewlines", "café 日本語 1234567", "<|im_start|>user\nHi<|im_end|>"]
+        mismatch = [t for t in texts if runtime.tokenize(t) != tokenizer(t, add_special_tokens=False)["input_ids"]]
+        result["tokenizer_equal"] = not mismatch
+        result["tokenizer_mismatch"] = mismatch[:3]
     failures = []
+    if not result.get("tokenizer_equal", True):
+        failures.append(("tokenizer ids equal to the Hugging Face tokenizer's (texts differing)", len(result["tokenizer_mismatch"]), 0))
     if result[metric] > tol:
         failures.append((metric, result[metric], tol))
     if result["top1_agreement_decisive"] < min_top1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cap_edge.errors import RuntimeLoadError
 
+from .genai import GenaiLM
 from .llamacpp import LlamaCppLM
 from .onnx_static import StaticKVLM
 from .onnxruntime import OnnxCausalLM
@@ -14,6 +15,7 @@ RUNTIMES = {
     "onnxruntime": OnnxCausalLM,  # optimum-layout ONNX with a KV cache (runtimes/onnxruntime.py)
     "onnxruntime-static": StaticKVLM,  # fixed-shape prefill/decode driver (runtimes/onnx_static.py)
     "llama.cpp": LlamaCppLM,  # GGUF through llama-cpp-python (runtimes/llamacpp.py)
+    "onnxruntime-genai": GenaiLM,  # genai folders, the apps' LLM runtime (runtimes/genai.py; extra: genai)
 }
 
 

@@ -17,7 +17,7 @@ class LlamaCppLM(KVCacheLM):
     @staticmethod
     def profile_options(rt, eos_token_id: int | None = None) -> dict:
         """Loader kwargs from a device profile's runtime section (the GGUF names its own EOS)."""
-        return {"n_gpu_layers": rt.llamacpp_gpu_layers, "n_ctx": rt.context_length}
+        return {} if rt is None else {"n_gpu_layers": rt.llamacpp_gpu_layers, "n_ctx": rt.context_length}
 
     KV_TYPES = {"f16": 1, "f32": 0}  # GGML type ids
 

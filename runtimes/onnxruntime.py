@@ -41,7 +41,10 @@ def make_session(path: str | Path, providers: Sequence[str] = ("CPUExecutionProv
 
 
 def provider_options(rt, eos_token_id: int | None) -> dict:
-    """Loader kwargs from a device profile's runtime section (device_profiles.RuntimeSpec)."""
+    """Loader kwargs from a device profile's runtime section (device_profiles.RuntimeSpec), or
+    the defaults (CPU provider) without one."""
+    if rt is None:
+        return {"eos_token_id": eos_token_id}
     return {"providers": tuple(rt.onnx_providers), "provider_options": dict(rt.provider_options), "eos_token_id": eos_token_id}
 
 

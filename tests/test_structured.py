@@ -9,7 +9,7 @@ import torch
 
 from cap_edge.config import PruneConfig, ScoreConfig, replace
 from cap_edge.errors import ConfigError, ExportError
-from cap_edge.models import load_model
+from cap_edge.models import load_config, load_model
 from cap_edge.prune_io import save_pruned
 from cap_edge.pruning import prune_model
 from cap_edge.scoring import (ScoringEngine, build_calib_batch, compute_scores, head_gate, score_channels,
@@ -236,7 +236,7 @@ UNEVEN = [LayerStructure((2, 3), (1,), FULL[:64]), LayerStructure((), (), FULL[3
 
 def test_deci_gguf_loads_in_llama_cpp_and_matches_pytorch(tmp_path):
     from gguf import GGUFReader
-    from transformers import AutoConfig
+
 
     from cap_edge.deploy.export import export_artifact
     from exporters.gguf import read_back
@@ -251,7 +251,7 @@ def test_deci_gguf_loads_in_llama_cpp_and_matches_pytorch(tmp_path):
     assert fields["deci.feed_forward_length"].contents() == [64, 64]
     lm = load_model(str(d), device="cpu")
     sd = {k: v.numpy() for k, v in lm.model.state_dict().items()}
-    back = read_back(art.path, AutoConfig.from_pretrained(d))
+    back = read_back(art.path, load_config(d))
     assert back and all(np.array_equal(back[k], sd[k]) for k in back)
 
 
@@ -324,3 +324,27 @@ def test_attribution_with_fixed_masks_equals_the_physically_masked_model(tokeniz
     keep = hmask.bool()  # the removed head's own gradient is taken at gate 0, the zeroed model's at 1
     assert ref[keep].abs().max() > 1e-4
     assert torch.allclose(got[keep], ref[keep], atol=1e-6, rtol=1e-5)
+
+
+def test_structured_dir_loads_through_documented_paths_and_plain_transformers_refuses(tmp_path):
+    """cap_edge.load_pretrained and AutoModelForCausalLM(trust_remote_code=True) give the pruned
+    model; plain from_pretrained (even with ignore_mismatched_sizes) refuses instead of building
+    random weights of the wrong shape."""
+    import cap_edge
+    from transformers import AutoModelForCausalLM
+
+    model, tok = make_tiny_llama(num_hidden_layers=3), make_tokenizer()
+    apply_structure(model, [LayerStructure((0, 2), (0, 1), tuple(range(128))), LayerStructure((2, 3), (1,), tuple(range(64))),
+                            LayerStructure((), (), tuple(range(96)))], allow_empty=True)
+    d = save_pruned(model, tok, tmp_path / "st", {"method": "test", "pattern": "structured", "achieved_sparsity": 0.2})
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["model_type"] == "cap_edge_structured" and cfg["cap_edge_base_model_type"] == "llama" and (d / "modeling_cap_edge.py").is_file()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    ref = model(ids).logits
+    ours = cap_edge.load_pretrained(d)
+    assert torch.allclose(ours(ids).logits, ref, atol=1e-5)
+    remote = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True)
+    assert torch.allclose(remote(ids).logits, ref, atol=1e-5)
+    for kw in ({}, {"ignore_mismatched_sizes": True}):
+        with pytest.raises(ValueError, match="trust_remote_code|cap_edge_structured"):
+            AutoModelForCausalLM.from_pretrained(d, **kw)

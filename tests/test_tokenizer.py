@@ -45,7 +45,7 @@ def test_tiny_gguf_tokenizer_round_trips_and_equals_llama_cpp(tiny_gguf, tokeniz
 def test_converted_gguf_dir_keeps_special_ids_and_exports_them_back(tiny_gguf, tmp_path):
     from gguf import GGUFReader
 
-    from cap_edge.models import gguf_to_hf_dir
+    from cap_edge.gguf_import import gguf_to_hf_dir
     from cap_edge.config import PruneConfig
     from cap_edge.models import load_model
     from cap_edge.prune_io import save_pruned

@@ -11,11 +11,12 @@ from ..errors import MemoryBudgetError
 def param_count(model_dir_or_config) -> int:
     """Parameters of a model from its config alone (meta device: no weights are read)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
+    from ..models import load_config
     from ..structure import is_structured, layer_sizes, shape_model
 
-    cfg = model_dir_or_config if not isinstance(model_dir_or_config, (str, Path)) else AutoConfig.from_pretrained(model_dir_or_config)
+    cfg = model_dir_or_config if not isinstance(model_dir_or_config, (str, Path)) else load_config(model_dir_or_config)
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(cfg)
         if is_structured(cfg):

@@ -25,10 +25,7 @@ def runtime_kwargs(spec, runtime_spec, eos_token_id: int | None) -> dict:
     the runtime's defaults without one."""
     from runtimes import RUNTIMES
 
-    cls = RUNTIMES[spec.runtime]
-    if runtime_spec is not None:
-        return cls.profile_options(runtime_spec, eos_token_id)
-    return {"eos_token_id": eos_token_id} if spec.runtime.startswith("onnxruntime") else {}
+    return RUNTIMES[spec.runtime].profile_options(runtime_spec, eos_token_id)
 
 
 def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: str | Path, runtime=None,
@@ -76,7 +73,7 @@ def export_artifact(model_dir: str | Path, fmt: str, precision: str, out_dir: st
         art.validation["kv_cache_type"] = opts.get("kv_cache_type", "runtime default")
         art.valid = art.validation["passed"]
         place(art, Path(staging), out_dir, model_dir, spec)
-    from ..models import source_info
+    from ..gguf_import import source_info
 
     src = source_info(model_dir)
     finalize(art, out_dir, spec, {"license": src.get("keys", {}).get("general.license"), "name": src.get("name")})
