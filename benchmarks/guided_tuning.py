@@ -14,7 +14,7 @@ import argparse
 import time
 
 from _common import table, write_result
-from cap_edge.config import PruneConfig, ScoreConfig, replace
+from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig, replace
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate
 from cap_edge.models import load_model
@@ -29,12 +29,9 @@ VARIANTS = {  # name -> (method, overrides)
     "cap-sparsegpt": ("cap-sparsegpt", {}),
     "cap-sparsegpt alloc only": ("cap-sparsegpt", {"token_beta": 0.0}),
     "cap-sparsegpt weights only": ("cap-sparsegpt", {"alloc_bound": 0.0}),
-    "cap-sparsegpt bound 0.08": ("cap-sparsegpt", {"alloc_bound": 0.08}),
-    "cap-sparsegpt beta 0.9": ("cap-sparsegpt", {"token_beta": 0.9}),
     "wanda": ("wanda", {}),
     "cap-wanda": ("cap-wanda", {}),
     "cap-wanda no unit factors": ("cap-wanda", {"unit_strength": 0.0}),
-    "cap-wanda strength 0.25": ("cap-wanda", {"unit_strength": 0.25}),
 }
 
 
@@ -50,7 +47,7 @@ def validation_problems() -> list:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", nargs="+", default=["0.3", "0.5", "2:4"])
+    ap.add_argument("--settings", nargs="+", default=["0.5", "2:4", "0.3"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
@@ -60,7 +57,8 @@ def main():
     assert not {p.key for p in val} & {p.key for p in calibration_problems("embedded", 128)}
     heads = score_heads(model, tok, calib, ScoreConfig())
     chans = score_channels(model, tok, calib, ScoreConfig())
-    stats = build_calib_batch(tok, calibration_problems("embedded", 128), 3, pad_id=tok.pad_token_id)
+    stat_problems = calibration_problems("embedded", PruneConfig().stats_problems)
+    stats = build_calib_batch(tok, stat_problems, 3, BudgetConfig(problems=len(stat_problems)), pad_id=tok.pad_token_id)
     ref = reference(*torch_primitives(model, tok), tok, [])  # KL and perplexity only
     original = {k: v.clone() for k, v in model.state_dict().items()}
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]

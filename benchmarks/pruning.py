@@ -1,98 +1,164 @@
-"""Dense vs magnitude / Wanda / SparseGPT / CAP / CAP-Wanda at several sparsities and 2:4, in one
-run, on the embedded model and the embedded suite (calibration and evaluation disjoint).
+"""Every pruning method at 10/20/30/50% unstructured and 2:4, on the embedded model, repeated over
+calibration draws (disjoint subsets of the calibration split), in one run with the same evaluation
+for every row: accuracy on the families where the dense model is above chance (n = 3 x
+--knowledge-per-family), answer CE over the whole suite, KL to the dense model, generation
+retention, perplexity; paired McNemar tests; a transfer check (calibrate on one half of the
+families, evaluate on the other, both directions); per-layer rank of the calibration statistics.
 
-    python benchmarks/pruning.py [--eval-per-family 20] [--calib 32]
+    python benchmarks/pruning.py [--draws 3] [--knowledge-per-family 100]
 
-Writes benchmarks/results/pruning.json, pruning.md (table) and pruning.png (accuracy vs sparsity).
+Writes benchmarks/results/pruning.json and pruning.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from _common import RESULTS, table, write_result
-from cap_edge.config import PruneConfig, ScoreConfig
-from cap_edge.backend import TorchBackend
-from cap_edge.evaluate import evaluate
+from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
+from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
-from cap_edge.pruning import METHODS, prune_model
-from cap_edge.scoring import build_calib_batch, score_heads
-from cap_edge.tasks import calibration_problems, check_disjoint, load_split
+from cap_edge.pruning import prune_model
+from cap_edge.scoring import build_calib_batch, score_channels, score_heads
+from cap_edge.tasks import calibration_problems, check_disjoint
 
+METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda", "cap-sparsegpt")
+BASELINES = ("magnitude", "wanda", "sparsegpt")
 SETTINGS = [("unstructured", 0.1), ("unstructured", 0.2), ("unstructured", 0.3), ("unstructured", 0.5), ("2:4", 0.5)]
+# transfer: two halves of the families, each with knowledge families the dense model is above chance on
+HALF_A = "embedded:geography,arithmetic,boolean,comparison,dates,ordering"
+HALF_B = "embedded:animals,opposites,parity,routine,sequences,sizes,tracking"
+KNOW_A, KNOW_B = "embedded:geography", "embedded:animals,opposites"
 
 
-def plot(results: list[dict], dense: dict, path) -> None:
-    import matplotlib
+def calibrate(lm, spec: str, draw: int):
+    """Scores (32 problems, exact), channel scores, and the 128-problem statistics batch of one draw."""
+    tok = lm.tokenizer
+    calib = calibration_problems(spec, 32, draw=draw)
+    stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
+    t = time.perf_counter()
+    heads = score_heads(lm.model, tok, calib, ScoreConfig(), BudgetConfig(problems=len(calib)))
+    chans = score_channels(lm.model, tok, calib, ScoreConfig(), BudgetConfig(problems=len(calib)))
+    batch = build_calib_batch(tok, stats, 3, BudgetConfig(problems=len(stats)), pad_id=tok.pad_token_id)
+    return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": time.perf_counter() - t}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
-        pts = sorted((r["target_sparsity"], r["acc"]) for r in results if r["method"] == m and r["pattern"] == "unstructured")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
-        s24 = [r for r in results if r["method"] == m and r["pattern"] == "2:4"]
-        if s24:
-            ax.scatter([0.5], [s24[0]["acc"]], marker="x", s=60, color=ax.lines[-1].get_color())
-    ax.axhline(dense["acc"], color="k", ls="--", label=f"dense ({dense['acc']:.3f})")
-    ax.axhline(dense["chance"], color="grey", ls=":", label=f"chance ({dense['chance']:.3f})")
-    ax.set_xlabel("sparsity (x = 2:4)")
-    ax.set_ylabel("MC accuracy (acc_norm), held-out embedded suite")
-    ax.set_title(f"SmolLM2-135M pruning, n={dense['n']} problems")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def run_setting(lm, original, cal, ev, ref, method, pattern, sp) -> dict:
+    lm.model.load_state_dict(original)
+    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
+    rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
+    s = score_torch(lm.model, lm.tokenizer, ev, ref)
+    ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
+    return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity,
+            "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": rep["seconds"],
+            "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],
+            "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],
+            "kl_p99": s["fidelity"]["kl_p99"], "top1": s["fidelity"]["top1_agreement"], "ppl": s["fidelity"]["ppl"],
+            "retention": s["fidelity"]["retention"]["share"], "hits": s["hits"],
+            "allocation": rep.get("allocation"),
+            "rank_deficient_inputs": sum(not v["full_rank"] for r in ranks for v in r.values()) if ranks else None,
+            "rank": [{k: v["rank"] for k, v in r.items()} for r in ranks] if ranks else None}
+
+
+def spread(vals: list[float]) -> dict:
+    return {"mean": statistics.mean(vals), "min": min(vals), "max": max(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+
+
+def summarise(runs: list[dict], draws: int) -> list[dict]:
+    """Per (pattern, sparsity, method): mean and spread over draws; paired test of the best CAP
+    method against the best baseline (by mean answer CE) on every draw."""
+    out = []
+    for pattern, sp in SETTINGS:
+        level = [r for r in runs if r["pattern"] == pattern and abs(r["target_sparsity"] - (0.5 if pattern == "2:4" else sp)) < 1e-9]
+        rows = {}
+        for m in METHODS:
+            rs = [r for r in level if r["method"] == m]
+            if rs:
+                rows[m] = {"method": m, "pattern": pattern, "sparsity": rs[0]["target_sparsity"], "draws": len(rs),
+                           **{k: spread([r[k] for r in rs]) for k in ("answer_ce", "acc", "kl", "retention", "ppl", "prune_seconds")}}
+        best_base = min((m for m in BASELINES if m in rows), key=lambda m: rows[m]["answer_ce"]["mean"])
+        best_cap = min((m for m in METHODS if m.startswith("cap") and m in rows), key=lambda m: rows[m]["answer_ce"]["mean"])
+        tests = []
+        for d in range(draws):
+            a = next(r for r in level if r["method"] == best_cap and r["draw"] == d)
+            b = next(r for r in level if r["method"] == best_base and r["draw"] == d)
+            tests.append(paired(a, b))
+        cap, base = rows[best_cap], rows[best_base]
+        noise = max(cap["answer_ce"]["std"], base["answer_ce"]["std"])
+        for r in rows.values():
+            r["best_cap"], r["best_baseline"] = best_cap, best_base
+        out.append({"pattern": pattern, "sparsity": cap["sparsity"], "rows": list(rows.values()), "best_cap": best_cap,
+                    "best_baseline": best_base, "mcnemar_per_draw": tests,
+                    "ce_gap": cap["answer_ce"]["mean"] - base["answer_ce"]["mean"], "ce_noise": noise,
+                    "kl_ratio": cap["kl"]["mean"] / base["kl"]["mean"],
+                    "criteria": {"ce_within_0.02": cap["answer_ce"]["mean"] <= base["answer_ce"]["mean"] + 0.02,
+                                 "kl_within_5pct": cap["kl"]["mean"] <= 1.05 * base["kl"]["mean"],
+                                 "not_significantly_worse": all(t["p_value"] >= 0.05 or t["a_only"] >= t["b_only"] for t in tests)}})
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--eval-per-family", type=int, default=20)
-    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--knowledge-per-family", type=int, default=100)
+    ap.add_argument("--suite-per-family", type=int, default=10)
+    ap.add_argument("--gen-per-family", type=int, default=20)
+    ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
     args = ap.parse_args()
-    lm = load_model(None, dtype="fp32")
-    model, tok = lm.model, lm.tokenizer
-    calib = calibration_problems("embedded", args.calib)
-    ev = load_split("embedded", "eval", args.eval_per_family)
-    check_disjoint(calib, ev)
-    batch = build_calib_batch(tok, calib, 3, pad_id=tok.pad_token_id or 0)
-    t = time.perf_counter()
-    scores = score_heads(model, tok, calib, ScoreConfig())
-    score_seconds = time.perf_counter() - t
-    original = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def run_eval():
-        r = evaluate(TorchBackend(model, tok, progress=False), tok, ev)["overall"]
-        return {"acc": r["acc"], "ci95": r["ci95"], "n": r["n"], "chance": r["chance"], "answer_ce": r["answer_ce"]}
-
-    dense = run_eval()
-    print(f"dense: acc {dense['acc']:.3f} CE {dense['answer_ce']:.3f}", flush=True)
-    results = []
-    for pattern, sp in SETTINGS:
-        for method in METHODS:
-            model.load_state_dict(original)
-            cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
-            rep = prune_model(model, cfg, batch, scores, progress=False)
-            r = {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity,
-                 "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": rep["seconds"], **run_eval()}
-            results.append(r)
-            print(f"{method:10s} {pattern:12s} {cfg.target_sparsity:.2f}: acc {r['acc']:.3f} "
-                  f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] CE {r['answer_ce']:.3f} ({rep['seconds']:.1f}s)", flush=True)
-    model.load_state_dict(original)
-    rows = [["dense", "-", "0.00", f"{dense['acc']:.3f}", f"[{dense['ci95'][0]:.3f}, {dense['ci95'][1]:.3f}]", f"{dense['answer_ce']:.3f}", "-"]]
-    rows += [[r["method"], r["pattern"], f"{r['achieved_sparsity']:.3f}", f"{r['acc']:.3f}",
-              f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", f"{r['answer_ce']:.3f}", f"{r['prune_seconds']:.1f}"] for r in results]
-    md = table(rows, ["method", "pattern", "sparsity", "acc_norm", "95% CI", "answer CE", "prune s"])
+    lm = load_model(None, device="cpu")
+    original = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    ev = EvalSet.build(args.knowledge_per_family, args.suite_per_family, args.gen_per_family)
+    ref = dense_reference(lm.model, lm.tokenizer, ev)
+    dense = score_torch(lm.model, lm.tokenizer, ev, ref)
+    print(f"dense: acc {dense['knowledge']['acc']:.3f} CE {dense['suite']['answer_ce']:.3f} ppl {ref.ppl:.2f}", flush=True)
+    runs, scoring = [], []
+    for d in range(args.draws):
+        cal = calibrate(lm, "embedded", d)
+        check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
+        scoring.append({"draw": d, "seconds": cal["score_seconds"]})
+        for pattern, sp in SETTINGS:
+            for m in METHODS:
+                r = {**run_setting(lm, original, cal, ev, ref, m, pattern, sp), "draw": d}
+                runs.append(r)
+                print(f"draw {d} {m:14s} {pattern:12s} {r['target_sparsity']:.2f}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} "
+                      f"KL {r['kl']:.4f} ret {r['retention']:.2f} ({r['prune_seconds']:.0f}s)", flush=True)
+    summary = summarise(runs, args.draws)
+    transfer = []
+    for calib_spec, know, suite_spec, name in ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")):
+        # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
+        tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
+                            suite=suite_spec, gen=know)
+        tref = dense_reference(lm.model, lm.tokenizer, tev)
+        cal = calibrate(lm, calib_spec, 0)
+        for setting in args.transfer_settings:
+            pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
+            for m in METHODS:
+                r = {**run_setting(lm, original, cal, tev, tref, m, pattern, sp), "split": name}
+                transfer.append(r)
+                print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
+    lm.model.load_state_dict(original)
+    rows = [["dense", "-", "0.00", "1", f"{dense['knowledge']['acc']:.3f}", "-", f"{dense['suite']['answer_ce']:.3f}", "0",
+             "1.00", f"{ref.ppl:.1f}", "-"]]
+    for lv in summary:
+        for r in lv["rows"]:
+            mark = " (best CAP)" if r["method"] == lv["best_cap"] else " (best baseline)" if r["method"] == lv["best_baseline"] else ""
+            rows.append([r["method"] + mark, r["pattern"], f"{r['sparsity']:.2f}", r["draws"],
+                         f"{r['acc']['mean']:.3f}", f"{r['acc']['min']:.3f}–{r['acc']['max']:.3f}",
+                         f"{r['answer_ce']['mean']:.3f} ± {r['answer_ce']['std']:.3f}", f"{r['kl']['mean']:.4f}",
+                         f"{r['retention']['mean']:.2f}", f"{r['ppl']['mean']:.1f}", f"{r['prune_seconds']['mean']:.0f}"])
+    md = table(rows, ["method", "pattern", "sparsity", "draws", "acc (mean)", "acc range", "answer CE mean ± sd",
+                      "KL to dense", "retention", "ppl", "prune s"])
     print(md)
-    (RESULTS / "pruning.md").write_text(
-        f"Held-out embedded suite, n={dense['n']} ({args.eval_per_family} per family), chance {dense['chance']:.3f}; "
-        f"calibration {batch.n} problems.\n\n{md}\n")
-    plot(results, dense, RESULTS / "pruning.png")
-    write_result("pruning", {"model": lm.source, "eval_problems": dense["n"], "calib_problems": batch.n,
-                             "score_seconds": score_seconds, "scores_cache_hit": scores.get("cache_hit"),
-                             "dense": dense, "results": results})
+    (RESULTS / "pruning.md").write_text(f"Knowledge families n={ev.sizes()['knowledge']}, suite n={ev.sizes()['suite']}, "
+                                        f"{args.draws} calibration draws.\n\n{md}\n")
+    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": args.draws, "scoring": scoring,
+                             "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
+                                       "reference": ref.as_dict()},
+                             "summary": summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],
+                             "runs": [{k: v for k, v in r.items() if k != "hits"} for r in runs], "table_md": md})
 
 
 if __name__ == "__main__":

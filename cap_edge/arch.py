@@ -22,6 +22,8 @@ class ArchSpec:
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
     rotary: str = "model.rotary_emb"  # computes (cos, sin) once per forward
+    rotary_local: str | None = None  # a second rotary table for sliding-window layers (Gemma 3)
+    call: str = "llama"  # layer-call convention: "llama" (position_embeddings=...) or "gemma3" (global + local, mask per layer type)
     # inside one decoder layer
     attn: str = "self_attn"
     q: str = "self_attn.q_proj"
@@ -37,16 +39,26 @@ class ArchSpec:
 
 
 _LLAMA = ArchSpec()
+# Gemma 3 (transformers' modeling_gemma3.py, 4.57): the same projection names; q/k RMSNorms
+# (q_norm, k_norm: one head_dim vector shared by every head, so head removal leaves them whole),
+# pre/post-attention and pre/post-feed-forward norms (post_attention_layernorm normalises the
+# attention output; pre_feedforward_layernorm is the MLP's input norm), a scaled embedding,
+# GELU-tanh gated MLP, sliding-window layers with their own rotary table.
+_GEMMA3 = ArchSpec(rotary_local="model.rotary_emb_local", call="gemma3", post_attn_norm="pre_feedforward_layernorm")
 
 # model_type (from config.json) -> spec. Sources: transformers' modeling_llama.py,
-# modeling_mistral.py and modeling_qwen2.py (4.57) name their modules identically; Qwen2 adds
-# biases on q/k/v, which the loops treat as part of the rows they belong to. SmolLM ships as
-# model_type "llama".
+# modeling_mistral.py, modeling_qwen2.py and modeling_qwen3.py (4.57) name their modules
+# identically; Qwen2 adds biases on q/k/v, which the loops treat as part of the rows they belong to;
+# Qwen3 adds q/k norms like Gemma 3's. SmolLM ships as model_type "llama". Phi-3 fuses q/k/v
+# (qkv_proj) and gate/up (gate_up_proj): refused by name (FUSED) rather than mis-pruned.
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma3_text": _GEMMA3,
 }
+FUSED = {"phi3": "fused qkv_proj and gate_up_proj (one matrix for q, k and v; one for gate and up)"}
 
 
 def arch_for(model_or_type) -> ArchSpec:
@@ -54,6 +66,10 @@ def arch_for(model_or_type) -> ArchSpec:
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
+        if model_type in FUSED:
+            raise UnsupportedArchitectureError(
+                f"architecture {model_type!r} is not supported: {FUSED[model_type]}; CAP masks heads and prunes "
+                f"rows by the per-projection table (supported: {', '.join(sorted(ARCHITECTURES))})") from None
         raise UnsupportedArchitectureError(
             f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
         ) from None

@@ -178,7 +178,7 @@ class BuildConfig:
     model: str | None = None
     calib: str = "embedded"
     eval_tasks: str = "embedded"
-    eval_per_family: int = 10
+    eval_per_family: int | None = None  # None: the profile's [search] evaluation sizes; a number overrides all three
     prune: PruneConfig | None = None  # None -> the profile's
     budget: BudgetConfig | None = None  # None -> the profile's
     score_mode: str = "exact"
@@ -186,6 +186,7 @@ class BuildConfig:
     gen_tokens: int = 32
     runs: int = 3
     overwrite: bool = False
+    search: bool | None = None  # None: the profile's [search] enabled; False: its fixed [prune] configuration
 
     def __post_init__(self):
         if not hasattr(self.profile, "export") or not hasattr(self.profile, "hardware"):
@@ -199,7 +200,23 @@ class BuildConfig:
         if self.budget is not None and not isinstance(self.budget, BudgetConfig):
             raise ConfigError(f"build budget: expected a BudgetConfig, got {type(self.budget).__name__}")
         for name in ("eval_per_family", "prompt_tokens", "gen_tokens", "runs"):
-            _count(f"--{name.replace('_', '-')}", getattr(self, name))
+            if getattr(self, name) is not None:
+                _count(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.search is not None and not isinstance(self.search, bool):
+            raise ConfigError(f"search: expected true, false or None, got {self.search!r}")
+
+    @property
+    def searching(self) -> bool:
+        return self.profile.search.enabled if self.search is None else self.search
+
+    @property
+    def search_cfg(self) -> "SearchConfig":
+        """The profile's search settings, evaluation sizes overridden by ``eval_per_family``."""
+        s = self.profile.search
+        if self.eval_per_family is None:
+            return s
+        n = self.eval_per_family
+        return replace(s, knowledge_per_family=n, suite_per_family=n, gen_per_family=n)
 
     @property
     def prune_cfg(self) -> PruneConfig:
@@ -211,3 +228,50 @@ class BuildConfig:
 
     def outputs(self) -> list[tuple[str, str]]:
         return self.profile.export.pairs()
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What a shipped artifact must meet on its device (0 = no target). Speed targets are
+    host-measured when the profile's device is the host, roofline-estimated otherwise (labelled)."""
+
+    decode_tok_s_floor: float = 0.0
+    ttft_ceiling_s: float = 0.0
+    accuracy_floor: float = 0.0  # share of the dense model's accuracy (same output precision) to keep, e.g. 0.9
+
+    def __post_init__(self):
+        for name in ("decode_tok_s_floor", "ttft_ceiling_s", "accuracy_floor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"targets.{name}: expected a number >= 0, got {v!r}")
+        if self.accuracy_floor > 1:
+            raise ConfigError(f"targets.accuracy_floor: expected a share of dense accuracy in [0, 1], got {self.accuracy_floor!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The candidate grid a build evaluates on the host (``cap-edge build --search``)."""
+
+    enabled: bool = True
+    levels: tuple[float, ...] = (0.1, 0.2)  # structured removal shares (the dense model is always a candidate)
+    selection: tuple[str, ...] = ("cap",)  # structured unit ranking: cap and/or magnitude
+    nm_methods: tuple[str, ...] = ()  # N:M candidates (the profile's hardware sparse_pattern) by these methods
+    refit_problems: int = 128  # structured refit batch per candidate
+    knowledge_per_family: int = 50  # held-out problems of each family where the dense model is above chance
+    suite_per_family: int = 5  # held-out problems of every family (answer CE)
+    gen_per_family: int = 20  # free-answer questions per generation family (retention)
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"search.enabled: expected true or false, got {self.enabled!r}")
+        for lv in self.levels:
+            if isinstance(lv, bool) or not isinstance(lv, (int, float)) or not 0 < lv < 1:
+                raise ConfigError(f"search.levels: expected shares in (0, 1), got {lv!r}")
+        for s in self.selection:
+            if s not in STRUCTURED_METHODS:
+                raise ConfigError(f"search.selection: expected {' or '.join(STRUCTURED_METHODS)}, got {s!r}")
+        for m in self.nm_methods:
+            if m not in PRUNE_METHODS:
+                raise ConfigError(f"search.nm_methods: expected one of {', '.join(PRUNE_METHODS)}, got {m!r}")
+        for name in ("refit_problems", "knowledge_per_family", "suite_per_family", "gen_per_family"):
+            _count(f"search.{name}", getattr(self, name))

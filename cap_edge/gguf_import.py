@@ -80,7 +80,7 @@ SOURCE_KEYS = ("general.license", "general.basename", "general.organization", "g
 
 def source_metadata(gguf_file: Path, fields: dict) -> dict:
     """What a converted directory remembers of its GGUF: its name and the keys an export writes back."""
-    return {"gguf": Path(gguf_file).name, "name": fields.get("general.name"),
+    return {"gguf": Path(gguf_file).name, "gguf_path": str(Path(gguf_file).resolve()), "name": fields.get("general.name"),
             "gguf_pre": fields.get("tokenizer.ggml.pre"),  # kept for directories converted before "keys"
             "keys": {k: fields[k] for k in SOURCE_KEYS if k in fields}}
 

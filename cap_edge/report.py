@@ -10,53 +10,6 @@ import json
 from pathlib import Path
 
 
-def _mb(b) -> str:
-    return f"{b / 1e6:.1f}"
-
-
-def build_report_md(m: dict) -> str:
-    p = m["plan"]
-    lines = [f"# cap-edge build: {m['device']}", "", p.get("description", ""), "",
-             f"- model: `{m['inputs']['model']['source']}` (weights sha256 `{m['inputs']['model']['sha256_weights'][:16]}…`)",
-             f"- calibration: {m['inputs']['calibration']['problems']} problems from `{m['inputs']['calibration']['spec']}`",
-             f"- pruning: {m['pruned']['method']} {m['pruned']['pattern']}, achieved sparsity {m['pruned']['achieved_sparsity']:.4f}",
-             f"- evaluation: {m['inputs']['evaluation']['problems']} held-out problems from `{m['inputs']['evaluation']['spec']}`",
-             "", "## Artifacts (host-measured on this machine)", "",
-             "| artifact | raw MB | zip MB | valid | validation metric = value (tol) | top-1 | accuracy [95% CI] (n, chance) | TTFT s | decode tok/s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for a in m["artifacts"]:
-        v = a["validation"]
-        acc = a.get("accuracy", {}).get("overall")
-        lat = a.get("latency", {})
-        acc_s = f"{acc['acc']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] (n={acc['n']}, {acc['chance']:.3f})" if acc else "-"
-        lines.append(
-            f"| {a['format']}:{a['precision']} | {_mb(a['bytes'])} | {_mb(a['compressed_bytes'])} | {a['valid']} | "
-            f"{v['metric']} = {v[v['metric']]:.3g} ({v['tolerance']}) | {v['top1_agreement']:.3f} "
-            f"({v.get('top1_agreement_decisive', v['top1_agreement']):.3f} decisive) | {acc_s} | "
-            f"{lat.get('ttft_s', {}).get('median', float('nan')):.3f} | {lat.get('decode_tok_s', {}).get('median', float('nan')):.1f} | "
-            f"{lat.get('peak_rss_mb', float('nan')):.0f} |")
-    lines += ["", f"## {m['device']} target (estimated: roofline lower bounds from the profile's hardware figures)", "",
-              "| artifact | decode tok/s ≤ | TTFT s ≥ | sparsity credited | TOPS used | GB/s |", "|---|---|---|---|---|---|"]
-    for a in m["artifacts"]:
-        e = a.get("estimated")
-        if e:
-            lines.append(f"| {a['format']}:{a['precision']} | {e['decode_tok_s_max']:.1f} | {e['ttft_s_min']:.4f} | "
-                         f"{e['sparsity_credited']} | {e['tops_used']} | {e['bandwidth_gbs']} |")
-    cov = [(a, g, c) for a in m["artifacts"] for g, c in (a.get("metadata", {}).get("op_coverage") or {}).items()]
-    if cov:
-        lines += ["", "## Op coverage (will the graphs run on the target execution provider?)", "",
-                  "| artifact | graph | table | ops | unsupported (count: first nodes) |", "|---|---|---|---|---|"]
-        for a, g, c in cov:
-            bad = "; ".join(f"{op} x{v['count']}: {', '.join(v['nodes'])}" for op, v in c["unsupported"].items()) or "none"
-            lines.append(f"| {a['format']}:{a['precision']} | {g} | {c['table']} | {sum(c['ops'].values())} | {bad} |")
-        lines.append(f"\nTable source: {cov[0][2]['source']}")
-    if m.get("invalid_artifacts"):
-        lines += ["", "## Invalid artifacts (kept, marked invalid in manifest.json)", ""] + [f"- {s}" for s in m["invalid_artifacts"]]
-    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v['seconds']:.1f} |" for k, v in m["stages"].items()]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------- bench report (md + self-contained html)
 
 
@@ -111,21 +64,23 @@ def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
     import numpy as np
 
     out = {}
-    keys = list(bench["ratios"])
-    if keys:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-        for ax, (metric, label) in zip(axes, [("ttft_s", "TTFT (s)"), ("decode_tok_s", "decode tokens/s"), ("peak_rss_mb", "peak RSS (MB)")]):
-            d = [bench["artifacts"][f"dense/{k}"]["latency"][metric] for k in keys]
-            p = [bench["artifacts"][f"pruned/{k}"]["latency"][metric] for k in keys]
-            x = np.arange(len(keys))
-            ax.bar(x - 0.2, d, 0.4, label="dense")
-            ax.bar(x + 0.2, p, 0.4, label="pruned")
-            ax.set_xticks(x, keys)
+    names = list(bench["artifacts"])
+    if names:
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+        x = np.arange(len(names))
+        colours = ["C0" if n.startswith("shipped/") else "C7" for n in names]
+        for ax, (metric, label) in zip(axes, [("ttft_s", "TTFT (s)"), ("decode_tok_s", "decode tokens/s"),
+                                              ("peak_rss_mb", "peak RSS (MB)")]):
+            ax.bar(x, [bench["artifacts"][n]["latency"][metric] for n in names], color=colours)
+            ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
             ax.set_title(f"{label} (host-measured)")
-        axes[0].legend()
+        axes[3].bar(x, [bench["artifacts"][n]["accuracy"]["acc"] for n in names], color=colours)
+        axes[3].set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+        axes[3].set_title("accuracy (knowledge families)")
         fig.tight_layout()
-        out["Latency and memory, dense vs pruned"] = _png(fig)
-    sj = Path(json.loads((build_dir / "manifest.json").read_text())["pruned"]["dir"]) / "sparsity.json"
+        out["Shipped (blue) vs dense at the same and the lower precision"] = _png(fig)
+    model_dir = build_dir / json.loads((build_dir / "manifest.json").read_text()).get("model_dir", "model")
+    sj = model_dir / "sparsity.json"
     if sj.is_file() and "layers" in json.loads(sj.read_text()):
         layers = json.loads(sj.read_text())["layers"]
         by_kind: dict[str, list[tuple[int, float]]] = {}
@@ -167,21 +122,24 @@ def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
 def _bench_rows(bench: dict) -> list[list[str]]:
     rows = []
     for name, a in bench["artifacts"].items():
-        acc, lat = a["accuracy"], a["latency"]
+        acc, lat, fid = a["accuracy"], a["latency"], a.get("fidelity", {})
         rows.append([name, f"{a['bytes'] / 1e6:.1f}", f"{a['compressed_bytes'] / 1e6:.1f}",
                      f"{acc['acc']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] n={acc['n']}",
+                     f"{fid.get('kl_mean', float('nan')):.4f}", f"{(fid.get('retention') or {}).get('share', float('nan')):.3f}",
                      f"{lat['ttft_s']:.4f} ({lat['ttft_min']:.4f}–{lat['ttft_max']:.4f})", f"{lat['prefill_tok_s']:.1f}",
                      f"{lat['decode_tok_s']:.1f} ({lat['decode_min']:.1f}–{lat['decode_max']:.1f})", f"{lat['peak_rss_mb']:.0f}"])
     return rows
 
 
-BENCH_HEAD = ["artifact", "raw MB", "zip MB", "accuracy [95% CI]", "TTFT s (min–max)", "prefill tok/s", "decode tok/s (min–max)", "peak RSS MB"]
-RATIO_HEAD = ["artifact", "TTFT", "decode tok/s", "peak RSS", "raw size", "zip size", "Δ accuracy"]
+BENCH_HEAD = ["artifact", "raw MB", "zip MB", "accuracy [95% CI]", "KL to dense", "retention", "TTFT s (min–max)",
+              "prefill tok/s", "decode tok/s (min–max)", "peak RSS MB"]
+RATIO_HEAD = ["shipped vs", "baseline", "TTFT", "decode tok/s", "peak RSS", "raw size", "zip size", "Δ accuracy", "Δ KL"]
 
 
 def _ratio_rows(bench: dict) -> list[list[str]]:
-    return [[k, f"{r['ttft']:.3f}", f"{r['decode_tok_s']:.3f}", f"{r['peak_rss']:.3f}", f"{r['bytes']:.3f}",
-             f"{r['compressed_bytes']:.3f}", f"{r['accuracy_diff']:+.3f}"] for k, r in bench["ratios"].items()]
+    return [[k, r.get("baseline", ""), f"{r['ttft']:.3f}", f"{r['decode_tok_s']:.3f}", f"{r['peak_rss']:.3f}", f"{r['bytes']:.3f}",
+             f"{r['compressed_bytes']:.3f}", f"{r['accuracy_diff']:+.3f}", f"{r.get('kl_diff', float('nan')):+.4f}"]
+            for k, r in bench["ratios"].items()]
 
 
 def _md_table(head, rows) -> str:
@@ -190,7 +148,7 @@ def _md_table(head, rows) -> str:
 
 def bench_tables(bench: dict) -> str:
     """The bench's measurements and its pruned / dense ratios as markdown tables."""
-    return (_md_table(BENCH_HEAD, _bench_rows(bench)) + "\n\nratios pruned/dense (host-measured):\n"
+    return (_md_table(BENCH_HEAD, _bench_rows(bench)) + "\n\nratios shipped / dense baselines (host-measured):\n"
             + _md_table(RATIO_HEAD, _ratio_rows(bench)))
 
 
@@ -202,10 +160,10 @@ def write_bench_report(bench: dict, build_dir: str | Path, out_dir: str | Path, 
     plots = _plots(bench, build_dir, sweep)
     title = f"cap-edge bench: {bench['device']} ({bench['label']}, {bench['runs']} interleaved runs, P={bench['prompt_tokens']}, G={bench['gen_tokens']})"
     md = [f"# {title}", "", "## Measurements", "", _md_table(BENCH_HEAD, _bench_rows(bench)), "",
-          "## Ratios pruned / dense", "", _md_table(RATIO_HEAD, _ratio_rows(bench)), ""]
+          "## Ratios shipped / dense baselines", "", _md_table(RATIO_HEAD, _ratio_rows(bench)), ""]
     md += [f"Plots: see report.html ({', '.join(plots)})."]
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    for head, rows, caption in ((BENCH_HEAD, _bench_rows(bench), "Measurements"), (RATIO_HEAD, _ratio_rows(bench), "Ratios pruned / dense")):
+    for head, rows, caption in ((BENCH_HEAD, _bench_rows(bench), "Measurements"), (RATIO_HEAD, _ratio_rows(bench), "Ratios shipped / dense baselines")):
         parts.append(f"<h2>{caption}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
     for caption, b64 in plots.items():

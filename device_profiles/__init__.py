@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cap_edge.config import BudgetConfig, PruneConfig
+from cap_edge.config import BudgetConfig, PruneConfig, SearchConfig, TargetConfig
 from cap_edge.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent
@@ -33,6 +33,7 @@ class ExportSpec:
     keep_float: tuple[str, ...] = ()  # node-name substrings left unquantized (mixed precision)
     op_table: str = ""  # device_profiles/ops/NAME.toml: ops the target execution provider takes
     unsupported_ops: str = "warn"  # "warn" or "fail" when a graph has ops outside op_table
+    handoff: str = ""  # "jetson": the build writes jetson/ (trtexec, TensorRT Edge-LLM, llama.cpp CUDA, bench scripts)
 
     def pairs(self) -> list[tuple[str, str]]:
         """[(format, precision), ...] in the profile's order."""
@@ -66,6 +67,8 @@ class DeviceProfile:
     export: ExportSpec
     runtime: RuntimeSpec
     hardware: HardwareSpec
+    search: SearchConfig = SearchConfig(enabled=False)  # no [search] table: the fixed [prune] configuration
+    targets: TargetConfig = TargetConfig()
     path: str = ""
 
 
@@ -75,7 +78,8 @@ DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 _OLD_OUTPUT_KEYS = ("formats", "onnx_precisions", "gguf_precisions", "static_precisions")
 _RENAMED = {k: ' (formats and per-format precision lists became one list: outputs = ["gguf:q8_0", "onnx:int8"])'
             for k in _OLD_OUTPUT_KEYS}
-_NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec}
+_NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec,
+           "search": SearchConfig, "targets": TargetConfig}
 # PruneConfig fields a profile may set (the rest are algorithm internals)
 _PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern", "min_heads", "scope"), BudgetConfig: ("problems", "tokens_per_problem", "seconds")}
 
@@ -174,6 +178,8 @@ def _validate(p: DeviceProfile, where: str) -> DeviceProfile:
             raise ProfileError(f"{where} [export]: key 'outputs' entry {o!r}: {e}") from e
     if len(set(ex.outputs)) != len(ex.outputs):
         raise ProfileError(f"{where} [export]: key 'outputs' lists an output twice: {list(ex.outputs)}")
+    if ex.handoff not in ("", "jetson"):
+        raise ProfileError(f"{where} [export]: key 'handoff' expected \"\" or jetson, got {ex.handoff!r}")
     if ex.unsupported_ops not in ("warn", "fail"):
         raise ProfileError(f"{where} [export]: key 'unsupported_ops' expected warn or fail, got {ex.unsupported_ops!r}")
     if not 1 <= ex.static_chunk <= rt.context_length:

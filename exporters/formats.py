@@ -43,29 +43,40 @@ class FormatSpec:
     lower: str | None  # next lower precision of this format (dense baseline), None at the bottom
     side_files: tuple[str, ...] = ()  # files beside the model that the runtime needs and the bundle ships
     kv_cache_type: str | None = None  # llama.cpp cache type used for validation (f32: compare the file exactly)
+    run: str = ""  # how an app runs it ({path}: the model file, {dir}: its folder), for report.md
 
     @property
     def name(self) -> str:
         return f"{self.format}:{self.precision}"
 
 
+RUN = {
+    "onnx": "ORTModelForCausalLM.from_pretrained('{dir}', file_name='{name}') (optimum), or onnxruntime with a KV loop",
+    "gguf": "llama-cli -m {path} -cnv   (llama.cpp; the file holds tokenizer and chat template)",
+    "onnx-static": "runtimes.onnx_static.StaticKVLM('{path}') drives prefill.onnx + decode.onnx (ORT QNN EP on the phone)",
+    "genai": "onnxruntime_genai.Model('{dir}') in the app (Android/iOS: the same folder)",
+}
+
+
 def _onnx(p, metric, tol, top1, greedy, bpp, quant, lower):
-    return FormatSpec("onnx", p, export_onnx, "onnxruntime", metric, tol, top1, greedy, bpp, quant, lower, HF_SIDE_FILES)
+    return FormatSpec("onnx", p, export_onnx, "onnxruntime", metric, tol, top1, greedy, bpp, quant, lower, HF_SIDE_FILES,
+                      run=RUN["onnx"])
 
 
 def _gguf(p, metric, tol, top1, greedy, bpp, quant, lower, kv=None):
     # the GGUF file holds its tokenizer, chat template and metadata: nothing beside it
-    return FormatSpec("gguf", p, export_gguf, "llama.cpp", metric, tol, top1, greedy, bpp, quant, lower, (), kv)
+    return FormatSpec("gguf", p, export_gguf, "llama.cpp", metric, tol, top1, greedy, bpp, quant, lower, (), kv, RUN["gguf"])
 
 
 def _static(p, metric, tol, top1, greedy, bpp, quant, lower):
     return FormatSpec("onnx-static", p, export_static, "onnxruntime-static", metric, tol, top1, greedy, bpp, quant, lower,
-                      HF_SIDE_FILES)
+                      HF_SIDE_FILES, run=RUN["onnx-static"])
 
 
 def _genai(p, metric, tol, top1, greedy, bpp, quant, lower):
     # the folder holds genai_config.json, tokenizer and chat template beside model.onnx
-    return FormatSpec("genai", p, export_genai, "onnxruntime-genai", metric, tol, top1, greedy, bpp, quant, lower)
+    return FormatSpec("genai", p, export_genai, "onnxruntime-genai", metric, tol, top1, greedy, bpp, quant, lower,
+                      run=RUN["genai"])
 
 
 # Q8_0 = 34 bytes per 32 weights, Q4_0 = 18; MatMulNBits int8 / int4 (scales not counted but int4's fp16).

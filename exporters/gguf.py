@@ -22,31 +22,16 @@ from cap_edge.errors import ExportError
 from cap_edge.io import atomic_path
 
 from .bundle import Artifact
+from .gguf_arch import GLOBAL_MAP, gguf_arch
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("f32", "f16", "q8_0", "q4_0")
-SUPPORTED = ("llama", "mistral")  # share llama.cpp's `llama` graph; Qwen2 (biases) is a different arch there
 BLOCK = 32
 # Q4_0 keeps these Q8_0. Measured on the CAP 50%-pruned embedded model (mean KL vs PyTorch,
 # tolerance 0.5): pure Q4_0 0.914; ffn_down Q8_0 1.125; + attn_v 0.779; + attn_output 0.239
 # (111.6 MB vs 91.7 pure Q4_0 and 144.8 Q8_0).
 Q4_0_WIDE = ("attn_v", "attn_output", "ffn_down")
-
-# HF name (per layer) -> GGUF name. Source: gguf-py/gguf/tensor_mapping.py (MODEL_TENSOR.ATTN_Q ...).
-LAYER_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-GLOBAL_MAP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-              "lm_head.weight": "output.weight"}
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -94,6 +79,20 @@ def _tokenizer_fields(model_dir: Path, tokenizer) -> dict:
     return {"tokens": tokens, "types": types, "merges": merges}
 
 
+def _spm_fields(source: dict, model_dir: Path) -> dict:
+    """SentencePiece tokens, scores and types, read from the source GGUF the model was converted
+    from (the Hugging Face tokenizer keeps merges, not the scores llama.cpp's SPM tokenizer needs)."""
+    from cap_edge.tokenizer import gguf_fields
+
+    src = source.get("gguf_path")
+    if not src or not Path(src).is_file():
+        raise ExportError(f"{model_dir}: a SentencePiece GGUF needs the source GGUF's token scores; its path "
+                          f"({src!r}) is not recorded or the file is gone")
+    f = gguf_fields(src)
+    return {"tokens": list(f["tokenizer.ggml.tokens"]), "scores": [float(x) for x in f["tokenizer.ggml.scores"]],
+            "types": [int(x) for x in f["tokenizer.ggml.token_type"]]}
+
+
 def _artifact_name(model_dir: Path, source: dict, metadata: dict | None) -> str:
     """general.name: the source model's name, then the pruning method and sparsity (never a cache hash)."""
     base = source.get("name") or (metadata or {}).get("name") or model_dir.name
@@ -121,23 +120,22 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
         raise ExportError(f"GGUF type: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     cfg = load_config(model_dir)
-    if cfg.model_type not in SUPPORTED:
-        raise ExportError(f"GGUF export supports {', '.join(SUPPORTED)}; {model_dir} is {cfg.model_type!r}")
+    structured = is_structured(cfg)
+    spec = gguf_arch(cfg, structured)  # refuses what llama.cpp cannot run, with the reason
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:
         raise ExportError(f"{model_dir}: could not load the tokenizer ({e}); a GGUF needs it") from e
-    tok = _tokenizer_fields(model_dir, tokenizer)
     source = source_info(model_dir)
     keys = source.get("keys", {})
+    tok = _tokenizer_fields(model_dir, tokenizer) if spec.tokenizer == "gpt2" else _spm_fields(source, model_dir)
     model = load_weights(model_dir, torch.float32)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     # Per-layer head counts and MLP widths (structured pruning) need llama.cpp's `deci` graph,
     # which reads them as arrays; `llama` assumes equal layers.
-    structured = is_structured(cfg)
-    arch = "deci" if structured else "llama"
+    arch = spec.structured if structured else spec.name
     sizes = layer_sizes(cfg)
     if structured:
         check_deci_supported(sizes)
@@ -171,11 +169,16 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
         w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
         w.add_vocab_size(cfg.vocab_size)
         w.add_file_type(_file_type(precision))
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(str(keys.get("tokenizer.ggml.pre", source.get("gguf_pre") or "gpt-2")))
+        spec.extra_keys(w, cfg)
+        w.add_tokenizer_model(spec.tokenizer)
+        w.add_tokenizer_pre(str(keys.get("tokenizer.ggml.pre", source.get("gguf_pre") or
+                                         ("gpt-2" if spec.tokenizer == "gpt2" else "default"))))
         w.add_token_list(tok["tokens"])
         w.add_token_types(tok["types"])
-        w.add_token_merges(tok["merges"])
+        if spec.tokenizer == "gpt2":
+            w.add_token_merges(tok["merges"])
+        else:
+            w.add_token_scores(tok["scores"])
         for setter, tid in ((w.add_bos_token_id, tokenizer.bos_token_id), (w.add_eos_token_id, tokenizer.eos_token_id),
                             (w.add_unk_token_id, tokenizer.unk_token_id), (w.add_pad_token_id, tokenizer.pad_token_id)):
             if tid is not None:
@@ -208,12 +211,12 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
         emb_type = _qtype(output_type) if output_type else (
             gguf.GGMLQuantizationType.Q8_0 if (tied and precision == "q4_0") else qtype)
         put("token_embd.weight", sd["model.embed_tokens.weight"], emb_type)
-        put("output_norm.weight", sd["model.norm.weight"], qtype)
+        put("output_norm.weight", sd["model.norm.weight"] + spec.norm_shift, qtype)
         if not tied and "lm_head.weight" in sd:
             put("output.weight", sd["lm_head.weight"], qtype)
         for i in range(cfg.num_hidden_layers):
             nh_i, nkv_i = sizes["num_heads"][i], sizes["num_kv_heads"][i]
-            for hf, gg in LAYER_MAP.items():
+            for hf, gg in spec.layers.items():
                 key = f"model.layers.{i}.{hf}"
                 if key not in sd:  # an attention-free (n_head 0) or MLP-free (n_ff 0) layer has no such weights
                     if not ((hf.startswith("self_attn.") and nh_i == 0)
@@ -221,12 +224,14 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, precision: str = "f1
                         raise ExportError(f"expected tensor {key} in {model_dir}, found none")
                     continue
                 if (nh_i == 0 and hf == "input_layernorm.weight") or (
-                        sizes["intermediate_size"][i] == 0 and hf == "post_attention_layernorm.weight"):
+                        sizes["intermediate_size"][i] == 0 and gg == "ffn_norm.weight"):
                     continue  # the norm of a removed sub-block has no use
                 t = sd[key]
-                if hf.startswith("self_attn.q_proj"):
+                if "norm" in hf:
+                    t = t + spec.norm_shift
+                elif spec.permute_qk and hf.startswith("self_attn.q_proj"):
                     t = permute_qk(t, nh_i)
-                elif hf.startswith("self_attn.k_proj"):
+                elif spec.permute_qk and hf.startswith("self_attn.k_proj"):
                     t = permute_qk(t, nkv_i)
                 wider = precision == "q4_0" and any(k in gg for k in wide)
                 put(f"blk.{i}.{gg}", t, gguf.GGMLQuantizationType.Q8_0 if wider else qtype)
@@ -269,10 +274,11 @@ def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from cap_edge.structure import layer_sizes
+    from cap_edge.structure import is_structured, layer_sizes
 
     sizes = layer_sizes(config)
-    inv_layer = {v: k for k, v in LAYER_MAP.items()}
+    spec = gguf_arch(config, is_structured(config))
+    inv_layer = {v: k for k, v in spec.layers.items()}
     inv_global = {v: k for k, v in GLOBAL_MAP.items()}
     out = {}
     for t in GGUFReader(str(path)).tensors:
@@ -281,13 +287,15 @@ def read_back(path: str | Path, config) -> dict[str, np.ndarray]:
         if t.name.startswith("blk."):
             _, i, rest = t.name.split(".", 2)
             hf = inv_layer[rest]
-            if hf.startswith("self_attn.q_proj"):
+            if "norm" in hf:
+                data = data - spec.norm_shift
+            elif spec.permute_qk and hf.startswith("self_attn.q_proj"):
                 data = unpermute_qk(data, sizes["num_heads"][int(i)])
-            elif hf.startswith("self_attn.k_proj"):
+            elif spec.permute_qk and hf.startswith("self_attn.k_proj"):
                 data = unpermute_qk(data, sizes["num_kv_heads"][int(i)])
             out[f"model.layers.{i}.{hf}"] = data
         else:
-            out[inv_global[t.name]] = data
+            out[inv_global[t.name]] = data - (spec.norm_shift if "norm" in t.name else 0.0)
     return out
 
 

@@ -97,6 +97,12 @@ class KVGraph(torch.nn.Module):
         if layout not in ("dynamic", "static", "padded"):
             raise ExportError(f"KV graph layout: expected dynamic, static or padded, got {layout!r}")
         spec = arch_for(model)
+        first = get_module(get_module(model, spec.layers)[0], spec.attn)
+        if spec.call != "llama" or hasattr(first, "q_norm"):
+            raise ExportError(f"the explicit-cache ONNX graph writes Llama-style attention (no q/k norms, one rotary "
+                              f"table); {model.config.model_type!r} needs its own (structurally pruned or fixed-shape "
+                              f"{model.config.model_type} ONNX is not supported; export the dense/unstructured model, "
+                              f"which optimum handles)")
         self.layout = layout
         self.spec = spec
         self.embed = get_module(model, spec.embed)

@@ -125,45 +125,71 @@ def test_onnx_fallback_warning_when_provider_missing(tiny_dir, tmp_path):
     assert rt.providers == ["CPUExecutionProvider"]
 
 
-def test_build_end_to_end_on_tiny_model(tiny_dir, tmp_path):
-    prof = load_profile("cpu")
-    cfg = BuildConfig(profile=prof, out=str(tmp_path / "build"), model=str(tiny_dir), eval_per_family=1,
-                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
+def _tiny_build(tiny_dir, out, profile="cpu", **kw):
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    return BuildConfig(profile=prof, out=str(out), model=str(tiny_dir), eval_per_family=1,
+                       budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1, **kw)
+
+
+def test_build_search_on_tiny_model_ships_the_best_candidate_beside_dense_baselines(tiny_dir, tmp_path):
+    cfg = _tiny_build(tiny_dir, tmp_path / "build")
     m = build(cfg, progress=False)
     assert m["status"] == "complete"
-    assert {(a["format"], a["precision"]) for a in m["artifacts"]} == {("gguf", "q8_0"), ("onnx", "int8")}
-    for a in m["artifacts"]:
-        assert a["valid"] and a["sha256"] and a["accuracy"]["label"] == "host-measured"
-        assert a["accuracy"]["overall"]["n"] == len(FAMILIES)  # eval_per_family=1
-        assert a["latency"]["label"] == "host-measured" and 0 < a["latency"]["peak_rss_mb"] < 1500  # not the parent's peak
-        assert a["estimated"]["label"] == "estimated"
+    rows = {(r["name"], r["output"]): r for r in m["candidates"]}
+    # every model of the grid at the profile's output, and dense at the next lower precision as a baseline
+    assert set(rows) == {("dense", "gguf:q8_0"), ("cap-s10", "gguf:q8_0"), ("cap-s20", "gguf:q8_0"), ("dense", "gguf:q4_0")}
+    assert rows[("dense", "gguf:q4_0")]["baseline"] and not rows[("dense", "gguf:q8_0")]["baseline"]
+    for r in m["candidates"]:
+        assert r["valid"] and 0 <= r["acc"] <= 1 and r["kl"] >= 0 and r["decode_tok_s"] > 0 and r["speed_label"] == "host-measured"
+        assert set(r["samples"]) and r["n"] == 3  # the three knowledge families, one problem each
+    assert rows[("cap-s20", "gguf:q8_0")]["params"] < rows[("cap-s10", "gguf:q8_0")]["params"] < rows[("dense", "gguf:q8_0")]["params"]
+    sel = m["selection"]["gguf:q8_0"]
+    (shipped,) = m["artifacts"]
+    assert sel["shipped"] == f"{shipped['candidate']} {shipped['format']}:{shipped['precision']}" and sel["message"]
+    assert (tmp_path / "build" / shipped["path"]).is_file() and not shipped["path"].startswith("/")  # relative to the build
+    assert (tmp_path / "build" / "model" / "config.json").is_file()  # the shipped model's HF directory is in the build
     report = (tmp_path / "build" / "report.md").read_text()
-    assert "host-measured" in report and "estimated" in report
-    # a second build reuses cached scores and the cached pruned model
+    assert "What was shipped, and why" in report and "dense (baseline)" in report and "Sample outputs" in report
+    assert (tmp_path / "build" / "candidates.png").read_bytes()[:4] == b"\x89PNG"
+    import stat
+
+    assert stat.S_IMODE((tmp_path / "build" / shipped["path"]).stat().st_mode) == 0o644
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "build" / shipped["bundle"]).namelist()
+    assert {"model.q8_0.gguf", "manifest-entry.json", "LICENSE-NOTICE.txt"} <= set(names)
+    # a second build reuses the cached scores and pruned models
     m2 = build(BuildConfig(**{**cfg.__dict__, "overwrite": True}), progress=False)
-    assert m2["scores"]["cache_hit"] and m2["pruned"]["cache_hit"]
+    assert all(v["cache_hit"] for k, v in m2["pruned"].items() if k != "shipped")
+
+
+def test_fixed_build_ships_the_configured_model_and_compares_it(tiny_dir, tmp_path):
+    cfg = _tiny_build(tiny_dir, tmp_path / "b", search=False, prune=PruneConfig(method="magnitude", sparsity=0.3))
+    m = build(cfg, progress=False)
+    names = {(r["name"], r["output"]) for r in m["candidates"]}
+    assert names == {("dense", "gguf:q8_0"), ("configured", "gguf:q8_0"), ("dense", "gguf:q4_0")}
+    assert m["artifacts"][0]["candidate"] == "configured" and "fixed configuration" in m["selection"]["gguf:q8_0"]["message"]
 
 
 def _npu_profile(tmp_path, table="qnn-htp", on_unsupported="fail"):
     import dataclasses
 
     p = load_profile("mobile-npu")
-    export = dataclasses.replace(p.export, outputs=("onnx-static:fp32",), static_chunk=8,
+    export = dataclasses.replace(p.export, outputs=("onnx-static:qdq16",), static_chunk=8,
                                  op_table=table, unsupported_ops=on_unsupported)
     runtime = dataclasses.replace(p.runtime, context_length=512, onnx_providers=("CPUExecutionProvider",))
     return dataclasses.replace(p, export=export, runtime=runtime)
 
 
 def test_static_build_on_tiny_model_reports_op_coverage_and_accuracy(tiny_dir, tmp_path):
-    cfg = BuildConfig(profile=_npu_profile(tmp_path), out=str(tmp_path / "b"), model=str(tiny_dir), eval_per_family=1,
-                      budget=BudgetConfig(problems=6, tokens_per_problem=40), prompt_tokens=8, gen_tokens=4, runs=1)
+    cfg = _tiny_build(tiny_dir, tmp_path / "b", _npu_profile(tmp_path), search=False,
+                      prune=PruneConfig(method="magnitude", sparsity=0.3))
     m = build(cfg, progress=False)
     assert m["status"] == "complete"
     (a,) = m["artifacts"]
-    assert a["format"] == "onnx-static" and a["valid"] and a["validation"]["greedy_equal"]
-    assert a["accuracy"]["runtime"] == "onnxruntime-static" and a["accuracy"]["overall"]["n"] == len(FAMILIES)
-    assert a["metadata"]["op_coverage"]["decode"]["ok"] and len(a["files"]) == 2
-    assert "Op coverage" in (tmp_path / "b" / "report.md").read_text()
+    assert a["format"] == "onnx-static" and a["precision"] == "qdq16" and a["valid"]
+    assert a["accuracy"]["overall"]["n"] == 3 and a["metadata"]["op_coverage"]["decode"]["ok"] and len(a["files"]) == 2
+    assert {r["output"] for r in m["candidates"]} == {"onnx-static:qdq16", "onnx-static:qdq8"}  # qdq8: the lower baseline
 
 
 def test_static_build_fails_on_an_op_missing_from_the_table(tiny_dir, tmp_path):
@@ -174,21 +200,20 @@ def test_static_build_fails_on_an_op_missing_from_the_table(tiny_dir, tmp_path):
 
     src = (OPS_DIR / "qnn-htp.toml").read_text()
     table.write_text(src.replace('"ai.onnx:Softmax" = ""\n', "").replace('"ai.onnx:Sigmoid" = ""\n', ""))
-    cfg = BuildConfig(profile=_npu_profile(tmp_path, str(table)), out=str(tmp_path / "b"), model=str(tiny_dir),
-                      eval_per_family=1, budget=BudgetConfig(problems=6, tokens_per_problem=40), runs=1)
+    cfg = _tiny_build(tiny_dir, tmp_path / "b", _npu_profile(tmp_path, str(table)), search=False,
+                      prune=PruneConfig(method="magnitude", sparsity=0.3))
     with pytest.raises(CapEdgeError, match="ai.onnx:Sigmoid x2"):
         build(cfg, progress=False)
 
 
 def test_structured_build_on_tiny_model(tiny_dir, tmp_path):
-    prof = load_profile("cpu")
-    cfg = BuildConfig(profile=prof, out=str(tmp_path / "s"), model=str(tiny_dir), eval_per_family=1,
-                      prune=PruneConfig(method="cap", pattern="structured", sparsity=0.1, channel_refine=0.5,
-                                        refit_problems=12),
-                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
+    cfg = _tiny_build(tiny_dir, tmp_path / "s", search=False,
+                      prune=PruneConfig(method="cap", pattern="structured", sparsity=0.1, channel_refine=0.5, refit_problems=12))
     m = build(cfg, progress=False)
-    assert m["status"] == "complete" and m["pruned"]["pattern"] == "structured"
-    assert m["channel_scores"]["cache_key"] and m["pruned"]["achieved_sparsity"] >= 0.1
-    assert m["inputs"]["refit_calibration"]["problems"] == 12  # the refit saw its own, larger batch
-    gg = next(a for a in m["artifacts"] if a["format"] == "gguf")
+    assert m["status"] == "complete" and m["pruned"]["configured"]["pattern"] == "structured"
+    assert m["pruned"]["configured"]["achieved_sparsity"] >= 0.1
+    rep = json.loads((tmp_path / "s" / "model" / "sparsity.json").read_text())
+    assert rep["calibration"]["problems"] == 12  # the refit saw its own, larger batch
+    gg = m["artifacts"][0]
     assert gg["metadata"]["gguf_arch"] == "deci"
+    assert json.loads((tmp_path / "s" / "model" / "config.json").read_text())["model_type"] == "cap_edge_structured"

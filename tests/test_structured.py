@@ -237,7 +237,6 @@ UNEVEN = [LayerStructure((2, 3), (1,), FULL[:64]), LayerStructure((), (), FULL[3
 def test_deci_gguf_loads_in_llama_cpp_and_matches_pytorch(tmp_path):
     from gguf import GGUFReader
 
-
     from cap_edge.deploy.export import export_artifact
     from exporters.gguf import read_back
 

@@ -18,7 +18,10 @@ def build_cmd(
     model: Optional[str] = ModelOpt,
     calib: str = typer.Option("embedded", help="calibration task spec"),
     eval_tasks: str = typer.Option("embedded", "--eval-tasks", help="held-out evaluation task spec"),
-    eval_per_family: int = typer.Option(10, help="held-out problems per family (embedded) or in all"),
+    eval_per_family: Optional[int] = typer.Option(None, help="held-out problems per family for every measure "
+                                                             "(default: the profile's [search] sizes)"),
+    search: Optional[bool] = typer.Option(None, "--search/--no-search", help="evaluate the profile's candidate grid and "
+                                          "ship the best (default: the profile's [search] enabled); --no-search: its [prune] config"),
     method: Optional[str] = typer.Option(None, help="override the profile's pruning method"),
     sparsity: Optional[float] = typer.Option(None, help="override the profile's sparsity"),
     pattern: Optional[str] = typer.Option(None, help="override the profile's pattern"),
@@ -52,7 +55,7 @@ def build_cmd(
         cfg = BuildConfig(profile=prof, out=str(out or Path("builds") / prof.name), model=model, calib=calib,
                           eval_tasks=eval_tasks, eval_per_family=eval_per_family, prune=pr, budget=b,
                           score_mode=score_mode, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs,
-                          overwrite=overwrite)
+                          overwrite=overwrite, search=search)
         if dry_run:
             typer.echo(json.dumps(plan(cfg), indent=2, default=str))
             return

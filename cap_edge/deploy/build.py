@@ -1,19 +1,26 @@
-"""``cap-edge build``: load -> memory check -> calibrate -> prune stage (scores and pruned model
-cached) -> export + validate -> accuracy through the runtime -> latency/memory (host-measured) +
-roofline (estimated) -> manifest.json + report.md. Every stage is recorded in the manifest as it
-ends; a failing stage leaves status "failed" and ``stopped_at``."""
+"""``cap-edge build``: every candidate the profile asks for (with ``[search]``: a small grid of
+structurally pruned models, and N:M where the device's runtime exploits it; without: the profile's
+one pruning configuration), each exported at the profile's outputs, validated, and measured through
+its runtime beside the dense model at the same and at the next lower precision. Ships, per output,
+the most accurate candidate that meets the profile's targets (search) or the configured one (fixed),
+and says plainly whether pruning beat "just quantize it". Every stage is recorded in manifest.json
+as it ends; a failing stage leaves status "failed" and ``stopped_at``."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import BuildConfig, ScoreConfig
-from ..errors import CapEdgeError, ValidationError
+from ..errors import CapEdgeError, MemoryBudgetError
 from ..io import write_json
-from .estimate import check_memory, memory_estimates, param_count, roofline
+from .estimate import memory_estimates, param_count
+
+# rough costs on the 2-core reference host for the dry run's estimate (seconds, SmolLM2-135M; scaled
+# by parameters): scores, one pruned model, one artifact through export + assessment + timing
+COST = {"scores": 150.0, "prune": 60.0, "artifact": 80.0}
 
 
 def output_specs(cfg: BuildConfig):
@@ -22,24 +29,47 @@ def output_specs(cfg: BuildConfig):
     return [get_spec(f, p) for f, p in cfg.outputs()]
 
 
+def build_candidates(cfg: BuildConfig):
+    from exporters import get_spec
+
+    from .search import Candidate, candidates
+
+    outputs = [f"{f}:{p}" for f, p in cfg.outputs()]
+    lower = {o: (f"{get_spec(*o.rsplit(':', 1)).format}:{get_spec(*o.rsplit(':', 1)).lower}"
+                 if get_spec(*o.rsplit(":", 1)).lower else None) for o in outputs}
+    if cfg.searching:
+        return candidates(cfg.search_cfg, outputs, cfg.profile.hardware.sparse_pattern, cfg.prune_cfg, lower)
+    fixed = [("dense", None), ("configured", cfg.prune_cfg)]
+    out = [Candidate(n, p, o) for n, p in fixed for o in outputs]
+    return out + [c for c in candidates(cfg.search_cfg, outputs, "none", cfg.prune_cfg, lower) if c.baseline]
+
+
 def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
-    """The resolved plan: what a build would do, with the memory estimate; reads no weights."""
+    """The resolved plan: what a build would do, with the memory estimate and the candidate grid; reads no weights."""
     from ..models import model_config
 
     mc, source = model_config(cfg.model)
     p = cfg.profile
     if estimates is None:
         estimates = memory_estimates(mc, output_specs(cfg), p.runtime.context_length)
+    cands = build_candidates(cfg)
+    models = {c.name for c in cands if c.prune is not None}
+    scale = param_count(mc) / 134.5e6
+    cost = scale * (COST["scores"] * any(c.prune.method.startswith("cap") for c in cands if c.prune)
+                    + COST["prune"] * len(models) + COST["artifact"] * len(cands))
     return {
-        "device": p.name, "profile_file": p.path, "description": p.description,
-        "model": source, "parameters": param_count(mc),
+        "device": p.name, "profile_file": p.path, "description": p.description, "model": source, "parameters": param_count(mc),
         "calibration": {"spec": cfg.calib, **asdict(cfg.budget_cfg)},
         "scoring": {"mode": cfg.score_mode, "subsets": ScoreConfig().subsets},
-        "pruning": {"method": cfg.prune_cfg.method, "pattern": cfg.prune_cfg.pattern,
-                    "target_sparsity": cfg.prune_cfg.target_sparsity},
-        "outputs": [f"{f}:{pr}" for f, pr in cfg.outputs()],
-        "runtime": asdict(p.runtime),
-        "evaluation": {"tasks": cfg.eval_tasks, "per_family": cfg.eval_per_family},
+        "search": asdict(cfg.search_cfg) if cfg.searching else "off (the profile's [prune] configuration)",
+        "targets": asdict(p.targets),
+        "candidates": [{"name": c.name, "output": c.output, "baseline": c.baseline,
+                        "prune": None if c.prune is None else {"method": c.prune.method, "pattern": c.prune.pattern,
+                                                               "sparsity": c.prune.target_sparsity}} for c in cands],
+        "estimated_seconds": round(cost), "estimated_seconds_label": "rough, from this project's 2-core host",
+        "outputs": [f"{f}:{pr}" for f, pr in cfg.outputs()], "runtime": asdict(p.runtime),
+        "evaluation": {"tasks": cfg.eval_tasks, **{k: getattr(cfg.search_cfg, k) for k in ("knowledge_per_family",
+                                                                                    "suite_per_family", "gen_per_family")}},
         "measurement": {"prompt_tokens": cfg.prompt_tokens, "gen_tokens": cfg.gen_tokens, "runs": cfg.runs},
         "memory_estimate": estimates, "memory_budget_mb": p.hardware.memory_budget_mb,
         "hardware": asdict(p.hardware), "out": cfg.out,
@@ -47,8 +77,7 @@ def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
 
 
 def static_options(cfg: BuildConfig, calib, tokenizer) -> dict:
-    """Fixed-shape export settings from the profile; calibration = the sequences CAP scored
-    (prompt + gold answer, cut to the budget's tokens per problem like the scoring batch)."""
+    """Fixed-shape export settings from the profile; calibration = the sequences CAP scored."""
     from exporters.onnx_static import calibration_sequences
 
     e, budget = cfg.profile.export, cfg.budget_cfg
@@ -57,31 +86,12 @@ def static_options(cfg: BuildConfig, calib, tokenizer) -> dict:
             "calibration": seqs, "op_table": e.op_table or None}
 
 
-def check_op_coverage(cfg: BuildConfig, artifact, say) -> None:
-    """Fail or warn (per profile) when a graph has ops the target execution provider lacks."""
-    import warnings
-
-    cov = artifact.metadata.get("op_coverage")
-    if not cov:
-        return
-    missing = {op: v["count"] for g in cov.values() for op, v in g["unsupported"].items()}
-    if not missing:
-        say(f"  op coverage ({cfg.profile.export.op_table}): every op supported")
-        return
-    msg = (f"{artifact.path}: ops not in the {cfg.profile.export.op_table} table: "
-           + ", ".join(f"{op} x{n}" for op, n in sorted(missing.items())))
-    if cfg.profile.export.unsupported_ops == "fail":
-        raise CapEdgeError(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    say(f"  warning: {msg}")
-
-
 def versions() -> dict:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("cap-edge", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "llama-cpp-python",
-                "gguf", "numpy"):
+    for pkg in ("cap-edge", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-genai",
+                "llama-cpp-python", "gguf", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -114,96 +124,165 @@ class Manifest:
         self.save()
 
 
+@dataclass
+class Context:
+    """What every candidate's assessment shares."""
+
+    profile: object
+    tokenizer: object
+    evalset: object
+    ref: object
+    prompt_tokens: int
+    gen_tokens: int
+    runs: int
+    static: dict | None = None
+
+    def export_options(self, fmt: str):
+        return self.static if fmt == "onnx-static" else None
+
+
 def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
-    from ..evaluate import evaluate
+    from ..assess import EvalSet, dense_reference
     from ..io import check_output_dir, sha256_json
-    from ..models import load_model, load_weights, model_config, model_fingerprint
+    from ..models import load_model, model_config, model_fingerprint
     from ..pruning.run import prune_stage
-    from ..tasks import calibration_problems, check_disjoint, load_split
-    from .export import export_artifact, load_artifact_runtime, measure_artifact
+    from ..tasks import calibration_problems, check_disjoint
+    from .candidates import candidate_row, copy_model
+    from .search import select
 
     say = log_fn or (lambda s: None)
     out = Path(cfg.out)
     mc, _ = model_config(cfg.model)
     estimates = memory_estimates(mc, output_specs(cfg), cfg.profile.runtime.context_length)
-    # artifacts + their zips + the staging copy during export, before any work
-    check_output_dir(out, cfg.overwrite, what="build", need_bytes=int(sum(e["weights_mb"] for e in estimates) * 2**20 * 2.5))
+    cands = build_candidates(cfg)
+    check_output_dir(out, cfg.overwrite, what="build",
+                     need_bytes=int(sum(e["weights_mb"] for e in estimates) * 2**20 * 2.5 * len({c.name for c in cands})))
     out.mkdir(parents=True, exist_ok=True)
-    man = Manifest(out, {"status": "running", "device": cfg.profile.name, "plan": plan(cfg, estimates),
-                         "versions": versions(), "stages": {}, "artifacts": [], "inputs": {}})
+    man = Manifest(out, {"status": "running", "device": cfg.profile.name, "plan": plan(cfg, estimates), "versions": versions(),
+                         "stages": {}, "artifacts": [], "inputs": {}})
     m = man.data
     with man.stage("memory_check", say):
-        check_memory(estimates, cfg.profile.hardware.memory_budget_mb, cfg.profile.name)
+        smallest = min(e["total_mb"] for e in estimates) * (1 - max([c.prune.target_sparsity for c in cands if c.prune
+                                                                     and c.prune.structured] or [0]))
+        if smallest > cfg.profile.hardware.memory_budget_mb:
+            e = min(estimates, key=lambda e: e["total_mb"])
+            raise MemoryBudgetError(
+                f"the model needs about {e['total_mb']:.0f} MB at {e['output']} (weights {e['weights_mb']:.0f} MB + "
+                f"KV cache {e['kv_cache_mb']:.0f} MB + 10%), over the {cfg.profile.name} memory budget of "
+                f"{cfg.profile.hardware.memory_budget_mb:.0f} MB, and no candidate removes enough")
         m["memory_estimate"] = estimates
     with man.stage("load", say):
         lm = load_model(cfg.model)
         fp = model_fingerprint(lm.model)
         m["inputs"]["model"] = {"source": lm.source, "sha256_weights": fp}
+        dense_dir = lm.path
     with man.stage("calibrate", say):
-        budget = cfg.budget_cfg
-        calib = calibration_problems(cfg.calib, budget.problems)
-        ev = load_split(cfg.eval_tasks, "eval", cfg.eval_per_family)
-        check_disjoint(calib, ev)
-        m["inputs"]["evaluation"] = {"spec": cfg.eval_tasks, "problems": len(ev), "sha256": sha256_json([p.question for p in ev])}
-    pcfg = cfg.prune_cfg
+        s = cfg.search_cfg
+        ev = EvalSet.build(s.knowledge_per_family, s.suite_per_family, s.gen_per_family)
+        calib = calibration_problems(cfg.calib, max(cfg.budget_cfg.problems, cfg.prune_cfg.stats_problems))
+        check_disjoint(calib, ev.knowledge + ev.suite + ev.gen)
+        m["inputs"]["evaluation"] = {**ev.sizes(), "sha256": sha256_json(ev.all_questions())}
+        m["inputs"]["calibration"] = {"spec": cfg.calib, "problems": cfg.budget_cfg.problems}
+    with man.stage("reference", say):
+        ref = dense_reference(lm.model, lm.tokenizer, ev)
+        m["reference"] = ref.as_dict()
+    models, m["pruned"] = {"dense": dense_dir}, {}
     with man.stage("prune", say):
-        res = prune_stage(lm, pcfg, calib=cfg.calib, budget=budget, score_cfg=ScoreConfig(mode=cfg.score_mode),
-                          model_fp=fp, progress=progress)
-        m["inputs"]["calibration"] = {"spec": cfg.calib, "problems": len(calib)} if pcfg.structured and pcfg.refit \
-            else res.calibration
-        if pcfg.structured and pcfg.refit:
-            m["inputs"]["refit_calibration"] = res.calibration  # the refit's own, larger batch
-        if res.head_scores is not None:
-            write_json(out / "head_scores.json", res.head_scores)
-            m["scores"] = {"cache_key": res.head_scores["hashes"]["cache_key"], "cache_hit": res.head_scores.get("cache_hit"),
-                           "mode": res.head_scores["mode"], "seconds": res.head_scores.get("seconds")}
-        if res.channel_scores is not None:
-            m["channel_scores"] = {"cache_key": res.channel_scores["hashes"]["cache_key"],
-                                   "cache_hit": res.channel_scores.get("cache_hit"), "seconds": res.channel_scores.get("seconds")}
-        m["pruned"] = {"dir": str(res.dir), "cache_hit": res.cache_hit, "method": res.report["method"],
-                       "pattern": res.report["pattern"], "achieved_sparsity": res.report["achieved_sparsity"]}
-    del lm
-    import torch
-    from transformers import AutoTokenizer
-
-    ref_model = load_weights(res.dir, torch.float32).eval()
-    ref_tok = AutoTokenizer.from_pretrained(res.dir)
-    rt = cfg.profile.runtime
-    arts = []
-    with man.stage("export", say):
-        for fmt, prec in cfg.outputs():
-            say(f"  export {fmt}:{prec}")
-            try:
-                a = export_artifact(res.dir, fmt, prec, out / "artifacts", rt, reference=(ref_model, ref_tok),
-                                    export_options=static_options(cfg, calib, ref_tok) if fmt == "onnx-static" else None,
-                                    overwrite=cfg.overwrite)
-                check_op_coverage(cfg, a, say)
-            except ValidationError as e:
-                say(f"  {fmt}:{prec} failed validation: {e}")
-                m.setdefault("invalid_artifacts", []).append(str(e))
+        for c in cands:
+            if c.prune is None or c.name in models:
                 continue
-            arts.append(a)
-    m["artifacts"] = [a.as_dict(out) for a in arts]
-    params = param_count(ref_model.config)
-    with man.stage("evaluate", say):
-        for a, d in zip(arts, m["artifacts"]):
-            runtime = load_artifact_runtime(a.as_dict(), rt, ref_tok.eos_token_id)
-            r = evaluate(runtime, ref_tok, ev)
-            d["accuracy"] = {"label": "host-measured", "runtime": runtime.name, "providers": getattr(runtime, "providers", None),
-                             "overall": r["overall"], "families": r["families"]}
+            say(f"  {c.name}")
+            lm = load_model(cfg.model)  # every candidate starts from the dense weights
+            res = prune_stage(lm, c.prune, calib=cfg.calib, budget=cfg.budget_cfg, score_cfg=ScoreConfig(mode=cfg.score_mode),
+                              model_fp=fp, progress=progress)
+            models[c.name] = res.dir
+            m["pruned"][c.name] = {"dir": str(res.dir), "cache_hit": res.cache_hit, "method": res.report["method"],
+                                   "pattern": res.report["pattern"], "achieved_sparsity": res.report["achieved_sparsity"]}
+            if res.head_scores is not None and not (out / "head_scores.json").exists():
+                write_json(out / "head_scores.json", res.head_scores)
+                m["scores"] = {"cache_key": res.head_scores["hashes"]["cache_key"], "mode": res.head_scores["mode"],
+                               "cache_hit": res.head_scores.get("cache_hit"), "seconds": res.head_scores.get("seconds")}
             man.save()
-    with man.stage("measure", say):
-        for a, d in zip(arts, m["artifacts"]):
-            d["latency"] = measure_artifact(a.as_dict(), cfg.prompt_tokens, cfg.gen_tokens, cfg.runs, rt,
-                                            ref_tok.eos_token_id, vocab=ref_model.config.vocab_size)
-            d["estimated"] = roofline(cfg.profile.hardware, params, a.bytes, cfg.prompt_tokens, pcfg.pattern)
+    ctx = Context(cfg.profile, lm.tokenizer, ev, ref, cfg.prompt_tokens, cfg.gen_tokens, cfg.runs,
+                  static_options(cfg, calib, lm.tokenizer) if any(c.output.startswith("onnx-static") for c in cands) else None)
+    del lm
+    rows = []
+    with man.stage("candidates", say):
+        for c in cands:
+            rows.append(candidate_row(c, models[c.name], out / "candidates" / c.name, ctx, say))
+            m["candidates"] = [_public(r, out) for r in rows]
             man.save()
+    with man.stage("select", say):
+        m["selection"] = {}
+        shipped = []
+        for o in [f"{f}:{p}" for f, p in cfg.outputs()]:
+            fam = [r for r in rows if r["output"] == o or (r["baseline"] and r["output"].split(":")[0] == o.split(":")[0])]
+            sel = select(fam, cfg.profile.targets, cfg.profile.hardware.memory_budget_mb)
+            if not cfg.searching:  # fixed: ship the configured model, but say how it compares
+                configured = next(i for i, r in enumerate(fam) if r["name"] == "configured" and r["output"] == o)
+                sel = {**sel, "chosen": configured, "message": f"fixed configuration (--search off); the search rule "
+                       f"would ship {fam[sel['chosen']]['name']} {fam[sel['chosen']]['output']}: {sel['message']}"}
+            for r, front, miss in zip(fam, sel["pareto"], sel["failures"]):
+                r.setdefault("pareto", {})[o], r.setdefault("misses", {})[o] = front, miss
+            chosen = fam[sel["chosen"]]
+            shipped.append(chosen)
+            m["selection"][o] = {"shipped": f"{chosen['name']} {chosen['output']}", "met_targets": sel["met_targets"],
+                                 "message": sel["message"], "pruned_beats_dense": sel["pruned_beats_dense"]}
+            say(f"  {o}: {sel['message']}")
+        m["candidates"] = [_public(r, out) for r in rows]
+        m["artifacts"] = [_shipped_entry(r, out) for r in shipped]
+        ship_model = max(shipped, key=lambda r: not r["dense"])  # the pruned model when any output ships one
+        copy_model(Path(models[ship_model["name"]]), out / "model")
+        m["model_dir"] = "model"
+        m["pruned"]["shipped"] = ship_model["name"]
+        if cfg.profile.export.handoff == "jetson":
+            from .handoff import write_jetson_handoff
+
+            by = {r["output"].split(":")[0]: r for r in shipped}
+            onnx = by.get("onnx", {}).get("path") if by.get("onnx", {}).get("output") == "onnx:fp16" else None
+            m["handoff"] = write_jetson_handoff(out, onnx, by.get("gguf", {}).get("path"), str(out / "model"),
+                                                cfg.prompt_tokens, cfg.profile.runtime.context_length,
+                                                ship_model["pattern"] == "structured")
     with man.stage("report", say):
         from ..io import atomic_path
-        from ..report import build_report_md
+        from .report import build_report_md
 
         with atomic_path(out / "report.md") as tmp:
-            tmp.write_text(build_report_md(m))
+            tmp.write_text(build_report_md(m, out))
     m["status"] = "complete"
     man.save()
     return m
+
+
+def _public(row: dict, out: Path) -> dict:
+    """A candidate row for the manifest: paths relative to the build, no per-problem outcomes."""
+    import os
+
+    d = {k: v for k, v in row.items() if k not in ("entry", "hits")}
+    d["path"] = os.path.relpath(row["path"], out)
+    if row.get("entry") is None:  # not exportable in this format
+        return d
+    e = dict(row["entry"])
+    rel = lambda p: os.path.relpath(p, out) if p else p  # noqa: E731
+    e.update(path=rel(e["path"]), bundle=rel(e["bundle"]), files=[rel(f) for f in e["files"]],
+             side_files=[rel(f) for f in e.get("side_files", [])])
+    d["entry"] = e
+    return d
+
+
+def _shipped_entry(row: dict, out: Path) -> dict:
+    """The shipped artifact's manifest entry, paths relative to the build folder, with its figures."""
+    import os
+
+    e = dict(row["entry"])
+    rel = lambda p: os.path.relpath(p, out) if p else p  # noqa: E731
+    e.update(path=rel(e["path"]), bundle=rel(e["bundle"]), files=[rel(f) for f in e["files"]],
+             side_files=[rel(f) for f in e.get("side_files", [])], candidate=row["name"],
+             accuracy={"label": "host-measured", "overall": {"acc": row["acc"], "ci95": row["acc_ci"], "n": row["n"],
+                                                              "chance": row["chance"], "answer_ce": row["answer_ce"]}},
+             fidelity={k: row[k] for k in ("kl", "kl_p99", "top1", "ppl", "retention")},
+             latency=row["host"], estimated=row["estimated"])
+    return e
+
+
+__all__ = ["build", "plan", "BuildConfig", "CapEdgeError"]

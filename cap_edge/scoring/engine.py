@@ -72,7 +72,9 @@ class Decoder:
         self.norm = get_module(model, spec.final_norm)
         self.head = get_module(model, spec.lm_head)
         self.rotary = get_module(model, spec.rotary)
+        self.rotary_local = get_module(model, spec.rotary_local) if spec.rotary_local else None
         self.geom = head_geometry(model.config)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
 
     @property
     def device(self):
@@ -86,16 +88,37 @@ class Decoder:
         down_proj for MLP channel groups (input (B, T, I))."""
         return get_module(self.layers[layer], self.spec.o if target == "heads" else self.spec.down)
 
-    def context(self, h: torch.Tensor):
-        """(position embeddings, attention mask) for a right-padded batch of hidden states h (B, T, D)."""
-        from transformers.masking_utils import create_causal_mask
+    def _masks(self, h: torch.Tensor, cache_position, position_ids) -> dict:
+        """Attention masks by layer type ("full_attention", "sliding_attention") for a right-padded batch."""
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+        kw = dict(config=self.model.config, input_embeds=h, attention_mask=None, cache_position=cache_position,
+                  past_key_values=None, position_ids=position_ids)
+        masks = {"full_attention": create_causal_mask(**kw)}
+        if self.spec.call == "gemma3":
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        return masks
+
+    def _kwargs(self, h: torch.Tensor, position_ids, masks: dict) -> list[dict]:
+        """Per-layer keyword arguments, by the architecture's layer-call convention (arch.ArchSpec.call)."""
+        if self.spec.call == "gemma3":  # global and local rotary embeddings; a mask per layer type
+            glob, loc = self.rotary(h, position_ids), self.rotary_local(h, position_ids)
+            return [{"position_embeddings_global": glob, "position_embeddings_local": loc, "position_ids": position_ids,
+                     "attention_mask": masks.get(getattr(layer, "attention_type", "full_attention"), masks["full_attention"])}
+                    for layer in self.layers]
+        pe = self.rotary(h, position_ids)
+        return [{"position_embeddings": pe, "position_ids": position_ids, "attention_mask": masks["full_attention"]}] * len(self.layers)
+
+    def context(self, h: torch.Tensor) -> list[dict]:
+        """Per-layer call arguments for a right-padded batch of hidden states h (B, T, D) at positions 0.."""
         B, T, _ = h.shape
         cache_position = torch.arange(T, device=h.device)
         position_ids = cache_position[None]  # (1, T)
-        mask = create_causal_mask(config=self.model.config, input_embeds=h, attention_mask=None,
-                                  cache_position=cache_position, past_key_values=None, position_ids=position_ids)
-        return self.rotary(h, position_ids), mask, position_ids
+        return self._kwargs(h, position_ids, self._masks(h, cache_position, position_ids))
+
+    def layer(self, i: int, h: torch.Tensor, kwargs: dict, **extra) -> torch.Tensor:
+        out = self.layers[i](h, **kwargs, **extra)
+        return out[0] if isinstance(out, tuple) else out  # some decoder layers return (hidden, attentions)
 
     def prefix_cache(self, h: torch.Tensor, start: int):
         """Run layers ``start``.. on a shared prefix h (B, P, D) at positions 0..P-1 and return
@@ -103,34 +126,38 @@ class Decoder:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        pos_emb, mask, position_ids = self.context(h)
+        ctx = self.context(h)
         cpos = torch.arange(h.shape[1], device=h.device)
         for i in range(start, len(self.layers)):
-            h = self.layers[i](h, attention_mask=mask, position_ids=position_ids, position_embeddings=pos_emb,
-                               past_key_values=cache, use_cache=True, cache_position=cpos)
+            h = self.layer(i, h, ctx[i], past_key_values=cache, use_cache=True, cache_position=cpos)
         return cache
 
     def run_after(self, h: torch.Tensor, start: int, cache, offset: int) -> torch.Tensor:
         """Run layers ``start``.. on h (B, T', D) at positions offset.. over ``cache`` (the prefix's
-        K/V, already one row per row of h)."""
+        K/V, already one row per row of h). Every key is visible to every later query: callers keep
+        offset + T' within any sliding window (``sliding_window``)."""
         B, T, _ = h.shape
         cpos = torch.arange(offset, offset + T, device=h.device)
         position_ids = cpos[None]  # (1, T')
         keys = torch.arange(offset + T, device=h.device)[None]  # (1, P + T')
         allowed = keys <= cpos[:, None]  # (T', P + T'): causal, the prefix visible to every position
         mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill(~allowed, torch.finfo(h.dtype).min)
-        pos_emb = self.rotary(h, position_ids)
+        masks = {"full_attention": mask[None, None], "sliding_attention": mask[None, None]}
+        ctx = self._kwargs(h, position_ids, masks)
         for i in range(start, len(self.layers)):
-            h = self.layers[i](h, attention_mask=mask[None, None], position_ids=position_ids, position_embeddings=pos_emb,
-                               past_key_values=cache, use_cache=True, cache_position=cpos)
+            h = self.layer(i, h, ctx[i], past_key_values=cache, use_cache=True, cache_position=cpos)
         return h
 
+    @property
+    def sliding_window(self) -> int | None:
+        return getattr(self.model.config, "sliding_window", None) if self.spec.call == "gemma3" else None
+
     def run(self, h: torch.Tensor, start: int, end: int | None = None, collect: list | None = None) -> torch.Tensor:
-        pos_emb, mask, position_ids = self.context(h)
+        ctx = self.context(h)
         for i in range(start, end if end is not None else len(self.layers)):
             if collect is not None:
                 collect.append(h)
-            h = self.layers[i](h, attention_mask=mask, position_ids=position_ids, position_embeddings=pos_emb)
+            h = self.layer(i, h, ctx[i])
         return h
 
     def answer_nll(self, h_final: torch.Tensor, batch: CalibBatch, copies: int = 1) -> torch.Tensor:
@@ -142,6 +169,8 @@ class Decoder:
         tgt = batch.ans_tgt.to(dev).repeat(copies)
         hid = self.norm(h_final[rows, pos])  # (copies*A, D): only the answer positions
         logits = self.head(hid).float()  # (copies*A, V); with a device_map, on the head's device
+        if self.softcap:  # Gemma-style final logit soft-capping
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         nll = F.cross_entropy(logits, tgt.to(logits.device), reduction="none").double().to(dev)
         out = torch.zeros(copies * N, dtype=torch.float64, device=dev)
         out.index_add_(0, rows, nll)
@@ -216,6 +245,9 @@ class ScoringEngine:
                                  for b in length_batches(order, lengths, 10**9, max_rows=10**9, max_pad=0.10)]
             self._prefix = shared_prefix([tuple(r) for r in self.batch.input_ids[:, : int(self.batch.lengths.min())].tolist()])
             self._prefix = min(self._prefix, int(self.batch.ans_pos.min()))  # every answer read after the prefix
+            window = self.dec.sliding_window
+            if window and int(self.batch.lengths.max()) > window:  # run_after assumes every key is in the window
+                self._prefix = 0
         return self._row_buckets
 
     @torch.inference_mode()

@@ -1,16 +1,18 @@
-"""The evaluation every ranking benchmark shares (pruning.py, pareto.py, structured.py): accuracy on
-the families where the dense model is above chance, answer CE on the whole suite, and fidelity to
-the dense model (KL, top-1, perplexity, generation retention, samples). Computed for the dense
-model once (``DenseReference``), then for each candidate through the same code path."""
+"""What a user notices, measured the same way for every candidate (the build search, bench, and
+the ranking benchmarks): accuracy on the families where the dense model is above chance (with the
+per-problem outcomes for paired tests), answer CE on the whole suite, and fidelity to the dense
+model (KL, top-1, perplexity, generation retention, sample outputs). The dense side is computed
+once (``dense_reference``); every candidate goes through ``score`` with its backend (PyTorch or a
+runtime on the exported artifact)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cap_edge.backend import TorchBackend
-from cap_edge.evaluate import evaluate, mcnemar
-from cap_edge.quality import measure, reference, runtime_primitives, torch_primitives
-from cap_edge.tasks import load_split
+from .backend import TorchBackend
+from .evaluate import evaluate, mcnemar
+from .quality import measure, reference, runtime_primitives, torch_primitives
+from .tasks import load_split
 
 KNOWLEDGE = "embedded:animals,geography,opposites"  # the dense model is clearly above chance here (n=50 each)
 GEN_FAMILIES = "embedded:animals,arithmetic,geography,opposites"  # free-answer questions for generation retention
@@ -30,6 +32,9 @@ class EvalSet:
 
     def all_questions(self) -> list[str]:
         return [p.question for p in self.knowledge + self.suite + self.gen]
+
+    def sizes(self) -> dict:
+        return {"knowledge": len(self.knowledge), "suite": len(self.suite), "gen": len(self.gen)}
 
 
 def score(backend, tokenizer, ev: EvalSet, ref, primitives) -> dict:
