@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
+from cap_edge.provenance import command, git_commit, machine
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    import torch
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "platform": platform.platform(), "cuda": torch.cuda.is_available(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-
-
-def command() -> str:
-    """The command line that produced a result (recorded in every result file)."""
-    script = Path(sys.argv[0])
-    try:
-        script = script.resolve().relative_to(Path(__file__).resolve().parent.parent)
-    except ValueError:
-        pass
-    return " ".join(["python", str(script), *sys.argv[1:]])
-
-
-def git_commit() -> str | None:
-    import subprocess
-
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parent)
-    return r.stdout.strip() or None
 
 
 def write_result(name: str, data: dict) -> Path:

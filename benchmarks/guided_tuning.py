@@ -24,15 +24,26 @@ from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import FAMILIES, calibration_problems, interleave
 from cap_edge.tasks.sources import calib_reserve, embedded
 
-VARIANTS = {  # name -> (method, overrides)
+FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5}  # the first round's starting point
+VARIANTS = {  # name -> (method, settings); explicit, so a later change of PruneConfig's defaults changes no row
     "sparsegpt": ("sparsegpt", {}),
-    "cap-sparsegpt": ("cap-sparsegpt", {}),
-    "cap-sparsegpt alloc only": ("cap-sparsegpt", {"token_beta": 0.0}),
-    "cap-sparsegpt weights only": ("cap-sparsegpt", {"alloc_bound": 0.0}),
+    "cap-sparsegpt": ("cap-sparsegpt", FULL),
+    "cap-sparsegpt alloc only": ("cap-sparsegpt", {**FULL, "token_beta": 0.0}),
+    "cap-sparsegpt weights only": ("cap-sparsegpt", {**FULL, "alloc_bound": 0.0}),
     "wanda": ("wanda", {}),
-    "cap-wanda": ("cap-wanda", {}),
-    "cap-wanda no unit factors": ("cap-wanda", {"unit_strength": 0.0}),
+    "cap-wanda": ("cap-wanda", FULL),
+    "cap-wanda no unit factors": ("cap-wanda", {**FULL, "unit_strength": 0.0}),
+    # second round: the token-weight strength, where the first round left it open
+    "cap-sparsegpt beta 0.1": ("cap-sparsegpt", {**FULL, "token_beta": 0.1}),
+    "cap-sparsegpt beta 0.25": ("cap-sparsegpt", {**FULL, "token_beta": 0.25}),
+    "cap-wanda no unit, beta 0.25": ("cap-wanda", {**FULL, "unit_strength": 0.0, "token_beta": 0.25}),
 }
+
+
+def _knobs(r: dict) -> list[str]:
+    if not r["variant"].startswith("cap"):
+        return ["-", "-", "-"]
+    return [f"{r['alloc_bound']:g}", f"{r['token_beta']:g}", f"{r['unit_strength']:g}"]
 
 
 def validation_problems() -> list:
@@ -48,7 +59,8 @@ def validation_problems() -> list:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", nargs="+", default=["0.5", "2:4", "0.3"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS)[:7])
+    ap.add_argument("--append", action="store_true", help="add rows to the existing guided_tuning.json (a later round)")
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
     model, tok = lm.model, lm.tokenizer
@@ -63,6 +75,16 @@ def main():
     original = {k: v.clone() for k, v in model.state_dict().items()}
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
     rows, results = [], []
+    if args.append:
+        import json
+
+        from _common import RESULTS
+
+        prev = json.loads((RESULTS / "guided_tuning.json").read_text())
+        results = prev["results"]
+        rows = [[r["setting"], r["variant"], f"{r['val_answer_ce']:.3f}", f"{r['kl_mean']:.4f}", f"{r['ppl']:.2f}",
+                 f"{r['prune_seconds']:.0f}"] for r in results]
+        rows = [row + _knobs(r) for row, r in zip(rows, results)]
     for setting in args.settings:
         pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
         for name in args.variants:
@@ -77,9 +99,11 @@ def main():
             r = {"setting": setting, "variant": name, "val_answer_ce": ce, "kl_mean": q["kl_mean"], "ppl": q["ppl"],
                  "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "token_beta", "unit_strength")}}
             results.append(r)
-            rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"])
+            rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"] + _knobs(r))
             print(rows[-1], flush=True)
-    md = table(rows, ["setting", "variant", "validation answer CE", "KL to dense", "ppl", "prune s"])
+    rows.sort(key=lambda r: (["0.3", "0.5", "2:4"].index(r[0]) if r[0] in ("0.3", "0.5", "2:4") else 9, r[1]))
+    md = table(rows, ["setting", "variant", "validation answer CE", "KL to dense", "ppl", "prune s", "alloc bound",
+                      "token beta", "unit strength"])
     print(md)
     write_result("guided_tuning", {"validation_problems": len(val), "dense_val_answer_ce": dense, "dense_ppl": ref.ppl,
                                    "results": results, "table_md": md})

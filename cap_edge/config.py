@@ -32,8 +32,11 @@ class BudgetConfig:
     problems: int = 32  # calibration problems in all
     tokens_per_problem: int = 256  # longer prompts are cut from the left
     seconds: float | None = None  # wall-clock cap for scoring; None = no cap
+    score_mode: str = "exact"  # exact | attribution | hybrid (hybrid: attribution + exact refinement, cheaper)
 
     def __post_init__(self):
+        if self.score_mode not in ("exact", "attribution", "hybrid"):
+            raise ConfigError(f"budget.score_mode: expected exact, attribution or hybrid, got {self.score_mode!r}")
         _positive("budget.problems", self.problems)
         _positive("budget.tokens_per_problem", self.tokens_per_problem)
         _positive("budget.seconds", self.seconds, allow_none=True)
@@ -181,7 +184,7 @@ class BuildConfig:
     eval_per_family: int | None = None  # None: the profile's [search] evaluation sizes; a number overrides all three
     prune: PruneConfig | None = None  # None -> the profile's
     budget: BudgetConfig | None = None  # None -> the profile's
-    score_mode: str = "exact"
+    score_mode: str | None = None  # None: the profile's budget.score_mode
     prompt_tokens: int = 64
     gen_tokens: int = 32
     runs: int = 3
@@ -193,7 +196,7 @@ class BuildConfig:
             raise ConfigError(f"build: expected a device profile, got {type(self.profile).__name__}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise ConfigError(f"build output directory: expected a path, got {self.out!r}")
-        if self.score_mode not in BUILD_SCORE_MODES:
+        if self.score_mode is not None and self.score_mode not in BUILD_SCORE_MODES:
             raise ConfigError(f"score mode: expected one of {', '.join(BUILD_SCORE_MODES)}, got {self.score_mode!r}")
         if self.prune is not None and not isinstance(self.prune, PruneConfig):
             raise ConfigError(f"build prune: expected a PruneConfig, got {type(self.prune).__name__}")
@@ -225,6 +228,10 @@ class BuildConfig:
     @property
     def budget_cfg(self) -> BudgetConfig:
         return self.budget or self.profile.budget
+
+    @property
+    def scoring_mode(self) -> str:
+        return self.score_mode or self.budget_cfg.score_mode
 
     def outputs(self) -> list[tuple[str, str]]:
         return self.profile.export.pairs()

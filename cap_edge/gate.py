@@ -35,8 +35,9 @@ class Tolerances:
     size_frac: float = 0.01
 
 
-def read_json_input(path: str | Path, what: str) -> dict:
-    """A bench result or baseline file, or CapEdgeError naming the file and the problem."""
+def read_json_input(path: str | Path, what: str, key: str = "artifacts", expected: str = "a bench result") -> dict:
+    """A bench result or baseline file (or another result holding ``key``), or CapEdgeError naming
+    the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise CapEdgeError(f"{what} file not found: {path}")
@@ -46,9 +47,9 @@ def read_json_input(path: str | Path, what: str) -> dict:
         raise CapEdgeError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except ValueError as e:
         raise CapEdgeError(f"{what} {path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
-        raise CapEdgeError(f"{what} {path}: expected a bench result (an object with 'artifacts'), got "
-                           f"{type(data).__name__}{'' if not isinstance(data, dict) else ' without artifacts'}")
+    if not isinstance(data, dict) or not isinstance(data.get(key), (dict, list)):
+        raise CapEdgeError(f"{what} {path}: expected {expected} (an object with {key!r}), got "
+                           f"{type(data).__name__}{'' if not isinstance(data, dict) else ' without ' + key}")
     return data
 
 

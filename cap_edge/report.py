@@ -102,14 +102,15 @@ def _plots(bench: dict, build_dir: Path, sweep: dict | None) -> dict[str, str]:
     if hs.is_file():
         out["CAP head-score heatmap"] = _png(heatmap_figure(json.loads(hs.read_text())))
     if sweep:
-        dense = sweep["dense"]
+        dense = sweep["dense"]["knowledge"]  # benchmarks/results/pruning.json: mean over calibration draws per row
+        rows = [r for lv in sweep["summary"] if lv["pattern"] == "unstructured" for r in lv["rows"]]
         fig, ax = plt.subplots(figsize=(7, 4))
-        methods = sorted({r["method"] for r in sweep["results"]})
-        for meth in methods:
-            pts = sorted((r["target_sparsity"], r["acc"]) for r in sweep["results"] if r["method"] == meth and r["pattern"] == "unstructured")
+        for meth in sorted({r["method"] for r in rows}):
+            pts = sorted((r["sparsity"], r["acc"]["mean"]) for r in rows if r["method"] == meth)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=meth)
         ax.axhline(dense["acc"], color="k", ls="--", label="dense")
-        ax.axhline(dense["chance"], color="grey", ls=":", label="chance")
+        if "chance" in dense:
+            ax.axhline(dense["chance"], color="grey", ls=":", label="chance")
         ax.set_xlabel("sparsity")
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=8)

@@ -69,6 +69,19 @@ def _fp32_export(model_dir: Path, work: Path, kv_layout: str = "dynamic") -> Pat
     return path
 
 
+def runs_on(model_dir: Path) -> dict:
+    """Which runtimes load this ONNX graph, for the manifest: the explicit-cache graph of a
+    structured model has per-layer K/V shapes that optimum's generate cannot feed."""
+    from cap_edge.models import load_config
+    from cap_edge.structure import is_structured
+
+    if is_structured(load_config(model_dir)):
+        return {"runtimes": ["onnxruntime (cap-edge runtimes.onnxruntime: explicit per-layer K/V inputs)"],
+                "not": ["optimum ORTModelForCausalLM (one K/V head count for every layer)"],
+                "instead": "the genai format for onnxruntime-genai apps"}
+    return {"runtimes": ["onnxruntime", "optimum ORTModelForCausalLM"], "not": [], "instead": ""}
+
+
 def _metadata(model, meta: dict) -> None:
     import onnx
 
@@ -116,7 +129,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, precision: str = "fp
         for extra in SIDE_FILES:
             if (src.parent / extra).is_file() and not (out_dir / extra).exists():
                 shutil.copy(src.parent / extra, out_dir / extra)
-    meta = dict(metadata or {})
+    meta = dict(metadata or {}, runs_on=runs_on(model_dir))
     if zeros is not None:
         meta["quantized_zeros"] = zeros
         if not zeros["ok"] and zeros["checked_weights"]:

@@ -75,22 +75,30 @@ def test_device_marker_skips_with_reason(pytester):
 
 def test_html_report_is_self_contained(tmp_path, tiny_dir):
     from cap_edge.config import BudgetConfig
-    from cap_edge.config import BuildConfig
+    from cap_edge.config import BuildConfig, PruneConfig
     from cap_edge.deploy.bench import bench
     from cap_edge.deploy.build import build
     from cap_edge.report import write_bench_report
     from device_profiles import load_profile
 
     cfg = BuildConfig(profile=load_profile("cpu"), out=str(tmp_path / "b"), model=str(tiny_dir), eval_per_family=1,
-                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1)
+                      budget=BudgetConfig(problems=6, tokens_per_problem=64), prompt_tokens=8, gen_tokens=4, runs=1,
+                      search=False, prune=PruneConfig(method="magnitude", sparsity=0.5))
     build(cfg, progress=False)
     res = bench(tmp_path / "b", runs=2, prompt_tokens=8, gen_tokens=4, progress=False)
-    assert set(res["ratios"]) == {"gguf:q8_0", "onnx:int8"}
-    for k, r in res["ratios"].items():
-        assert r["ttft"] > 0 and r["compressed_bytes"] < 1.0  # pruned weights compress better
-    md, html_path = write_bench_report(res, tmp_path / "b", tmp_path / "b")
+    # the shipped artifact beside dense at the same precision and at the next lower one, through the same runtime
+    assert set(res["ratios"]) == {"gguf:q8_0 vs dense/gguf:q8_0", "gguf:q8_0 vs dense/gguf:q4_0"}
+    same = res["ratios"]["gguf:q8_0 vs dense/gguf:q8_0"]
+    assert same["baseline"] == "same precision" and same["ttft"] > 0 and same["compressed_bytes"] < 1.0  # zeros compress
+    assert res["ratios"]["gguf:q8_0 vs dense/gguf:q4_0"]["bytes"] > 1.0  # q8_0 is larger than dense q4_0
+    assert all("kl_mean" in a["fidelity"] for a in res["artifacts"].values())
+    sweep = {"dense": {"knowledge": {"acc": 0.5, "chance": 0.3}},  # the shape of benchmarks/results/pruning.json
+             "summary": [{"pattern": "unstructured", "rows": [{"method": m, "sparsity": sp, "acc": {"mean": 0.5 - sp / 4}}
+                                                             for m in ("wanda", "cap") for sp in (0.1, 0.5)]}]}
+    md, html_path = write_bench_report(res, tmp_path / "b", tmp_path / "b", sweep)
     page = html_path.read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 3
+    assert page.startswith("<!DOCTYPE html>") and "Accuracy vs sparsity per method" in page
+    assert page.count("data:image/png;base64,") >= 3
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # no external URLs
     tags = _balanced_tags(page)  # every element closed in order
     assert tags["img"] == page.count("data:image/png;base64,") and tags["table"] == 2 and tags["h2"] >= 5

@@ -49,6 +49,7 @@ def test_onnx_loads_in_optimum(pruned_dir, tmp_path):
     ours = m.generate(prompt, min_new_tokens=8, **kw)
     ref = AutoModelForCausalLM.from_pretrained(pruned_dir).generate(prompt, min_new_tokens=8, **kw)
     assert ours.shape == (1, 11) and torch.equal(ours, ref)  # optimum's generate on the file = PyTorch
+    assert "optimum ORTModelForCausalLM" in art.metadata["runs_on"]["runtimes"]
 
 
 @pytest.mark.parametrize("precision", ["f32", "f16", "q8_0", "q4_0"])
@@ -111,7 +112,7 @@ def test_non_llama_or_missing_tokenizer_is_clear(pruned_dir, tmp_path):
     cfg = json.loads((pruned_dir / "config.json").read_text())
     cfg["model_type"] = "qwen2"
     (pruned_dir / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ExportError, match="supports llama"):
+    with pytest.raises(ExportError, match="GGUF export supports .*llama.*got .qwen2."):
         export_gguf(pruned_dir, tmp_path / "o", "f16")
     with pytest.raises(ExportError, match="precision"):
         from exporters import get_spec

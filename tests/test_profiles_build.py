@@ -9,7 +9,6 @@ from cap_edge.errors import MemoryBudgetError
 from cap_edge.config import BuildConfig
 from cap_edge.deploy.build import build, output_specs
 from cap_edge.deploy.estimate import check_memory, memory_estimates, roofline
-from cap_edge.tasks import FAMILIES
 from device_profiles import ProfileError, detect, list_profiles, load_profile
 
 runner = CliRunner()
@@ -45,7 +44,7 @@ def test_user_profile_by_path(tmp_path):
     (("problems = 32", 'problems = "many"'), "key 'problems': expected int, got str"),
     (("memory_bandwidth_gbs = 51.2", 'memory_bandwidth_gbs = "fast"'), "key 'memory_bandwidth_gbs': expected float"),
     (("sparsity = 0.5", "sparsity = 1.5"), "[0, 1)"),
-    (('outputs = ["gguf:q8_0", "onnx:int8"]', 'outputs = ["gguf:q2_k"]'), "gguf precision: expected one of f32, f16, q8_0, q4_0, got 'q2_k'"),
+    (('outputs = ["gguf:q8_0"]', 'outputs = ["gguf:q2_k"]'), "gguf precision: expected one of f32, f16, q8_0, q4_0, got 'q2_k'"),
     (('name = "cpu"', 'name = "cpu"\ncolour = "red"'), "unknown key 'colour'"),
 ])
 def test_profile_validation_errors_name_file_key_and_type(tmp_path, edit, msg):
@@ -111,7 +110,9 @@ def test_dry_run_prints_plan_and_writes_nothing(tiny_dir, tmp_path):
     r = runner.invoke(app, ["build", "--device", "jetson-orin", "--model", str(tiny_dir), "--out", str(out), "--dry-run"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.output)
-    assert plan["pruning"]["pattern"] == "2:4" and "onnx:fp16" in plan["outputs"] and plan["memory_estimate"]
+    patterns = {c["prune"]["pattern"] for c in plan["candidates"] if c["prune"]}
+    assert "2:4" in patterns and "onnx:fp16" in plan["outputs"] and plan["memory_estimate"]
+    assert any(c["baseline"] for c in plan["candidates"]) and plan["estimated_seconds"] > 0
     assert not out.exists()
 
 

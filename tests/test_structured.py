@@ -277,6 +277,7 @@ def test_structured_onnx_export_validates_against_pytorch(tmp_path):
 
     names = [i.name for i in ort.InferenceSession(art.path).get_inputs()]
     assert "past_key_values.0.key" in names and "past_key_values.1.key" not in names  # no cache for layer 1
+    assert "optimum" in art.metadata["runs_on"]["not"][0]  # the manifest says optimum cannot run it
 
 
 def test_iterative_structured_reestimates_on_the_pruned_model_and_never_restores(tokenizer, monkeypatch):

@@ -36,8 +36,9 @@ def eval_cmd(
         typer.echo(format_eval_table(result))
         if json_out:
             from ..io import write_json
+            from ..provenance import stamp
 
-            write_json(json_out, {"model": lm.source, "tasks": tasks, "split": "eval", "limit": limit, "seed": seed,
+            write_json(json_out, {**stamp(), "model": lm.source, "tasks": tasks, "split": "eval", "limit": limit, "seed": seed,
                                   "device": str(lm.device), "dtype": str(lm.model.dtype), **result})
             typer.echo(f"wrote {json_out}")
     except (CapEdgeError, ValueError, OSError) as e:

@@ -28,7 +28,7 @@ def build_cmd(
     budget_problems: Optional[int] = typer.Option(None, help="override the profile's calibration problems"),
     budget_tokens: Optional[int] = typer.Option(None, help="override tokens per calibration problem"),
     budget_seconds: Optional[float] = typer.Option(None, help="override the scoring time budget"),
-    score_mode: str = typer.Option("exact", help="exact | attribution | hybrid"),
+    score_mode: Optional[str] = typer.Option(None, help="exact | attribution | hybrid (default: the profile's budget)"),
     prompt_tokens: int = typer.Option(64), gen_tokens: int = typer.Option(32), runs: int = typer.Option(3),
     out: Optional[Path] = typer.Option(None, help="output directory (default: builds/DEVICE)"),
     overwrite: bool = typer.Option(False, help="replace the contents of a non-empty output directory"),
@@ -39,7 +39,7 @@ def build_cmd(
     _setup_logging(verbose)
     from device_profiles import load_profile
 
-    from ..config import BudgetConfig, BuildConfig, replace
+    from ..config import BuildConfig, replace
     from ..deploy.build import build, plan
 
     try:
@@ -49,9 +49,9 @@ def build_cmd(
         pr = replace(pr, method=method or pr.method, sparsity=pr.sparsity if sparsity is None else sparsity,
                      pattern=pattern or pr.pattern)  # keeps the profile's other prune settings
         b = prof.budget
-        b = BudgetConfig(problems=b.problems if budget_problems is None else budget_problems,
-                         tokens_per_problem=b.tokens_per_problem if budget_tokens is None else budget_tokens,
-                         seconds=b.seconds if budget_seconds is None else budget_seconds)
+        b = replace(b, problems=b.problems if budget_problems is None else budget_problems,
+                    tokens_per_problem=b.tokens_per_problem if budget_tokens is None else budget_tokens,
+                    seconds=b.seconds if budget_seconds is None else budget_seconds)
         cfg = BuildConfig(profile=prof, out=str(out or Path("builds") / prof.name), model=model, calib=calib,
                           eval_tasks=eval_tasks, eval_per_family=eval_per_family, prune=pr, budget=b,
                           score_mode=score_mode, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs,
@@ -91,13 +91,15 @@ def bench_cmd(
         _counts(runs=runs, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, eval_per_family=eval_per_family)
         tol = Tolerances(tol_accuracy, tol_latency, tol_memory, tol_size)
         base = read_json_input(baseline, "baseline") if baseline else None
-        sweep_data = read_json_input(sweep, "sweep") if sweep else None
+        sweep_data = read_json_input(sweep, "sweep", "summary", "a pruning sweep (benchmarks/results/pruning.json)") if sweep else None
         res = bench(build_dir, runs=runs, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, eval_per_family=eval_per_family)
         typer.echo(bench_tables(res))
         md, html_path = write_bench_report(res, build_dir, build_dir, sweep_data)
         typer.echo(f"wrote {md} and {html_path}")
         if json_out:
-            write_json(json_out, res)
+            from ..provenance import stamp
+
+            write_json(json_out, {**stamp(), **res})
         if update_baseline:
             write_json(update_baseline, res)
             typer.echo(f"baseline written to {update_baseline}")

@@ -60,7 +60,7 @@ def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
     return {
         "device": p.name, "profile_file": p.path, "description": p.description, "model": source, "parameters": param_count(mc),
         "calibration": {"spec": cfg.calib, **asdict(cfg.budget_cfg)},
-        "scoring": {"mode": cfg.score_mode, "subsets": ScoreConfig().subsets},
+        "scoring": {"mode": cfg.scoring_mode, "subsets": ScoreConfig().subsets},
         "search": asdict(cfg.search_cfg) if cfg.searching else "off (the profile's [prune] configuration)",
         "targets": asdict(p.targets),
         "candidates": [{"name": c.name, "output": c.output, "baseline": c.baseline,
@@ -193,7 +193,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
                 continue
             say(f"  {c.name}")
             lm = load_model(cfg.model)  # every candidate starts from the dense weights
-            res = prune_stage(lm, c.prune, calib=cfg.calib, budget=cfg.budget_cfg, score_cfg=ScoreConfig(mode=cfg.score_mode),
+            res = prune_stage(lm, c.prune, calib=cfg.calib, budget=cfg.budget_cfg, score_cfg=ScoreConfig(mode=cfg.scoring_mode),
                               model_fp=fp, progress=progress)
             models[c.name] = res.dir
             m["pruned"][c.name] = {"dir": str(res.dir), "cache_hit": res.cache_hit, "method": res.report["method"],

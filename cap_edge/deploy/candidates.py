@@ -58,7 +58,27 @@ def candidate_row(cand, model_dir: Path, out_dir: Path, ctx, say) -> dict:
         art_entry = next(resolve(a, out_dir) for a in entries if a["format"] == fmt and a["precision"] == prec)
         row.update(valid=False, invalid=str(e))
         return _finish(row, art_entry, ctx, say, spec, params)
+    check_op_coverage(ctx.profile.export, art.metadata.get("op_coverage"), art.path, say)
     return _finish(row, art.as_dict(), ctx, say, spec, params)
+
+
+def check_op_coverage(export_cfg, coverage: dict | None, path, say) -> None:
+    """Fail or warn (per the profile's [export] unsupported_ops) when a graph has ops the target
+    execution provider's table lacks."""
+    import warnings
+
+    if not coverage:
+        return
+    missing = {op: v["count"] for g in coverage.values() for op, v in g["unsupported"].items()}
+    if not missing:
+        say(f"  op coverage ({export_cfg.op_table}): every op supported")
+        return
+    msg = (f"{path}: ops not in the {export_cfg.op_table} table: "
+           + ", ".join(f"{op} x{n}" for op, n in sorted(missing.items())))
+    if export_cfg.unsupported_ops == "fail":
+        raise CapEdgeError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
+    say(f"  warning: {msg}")
 
 
 def _finish(row: dict, entry: dict, ctx, say, spec, params: int) -> dict:

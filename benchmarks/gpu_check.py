@@ -1,0 +1,73 @@
+"""The GPU check, ready for a machine with CUDA: exact CAP scoring in bf16 and fp16 against an fp32
+reference (max |diff|, Spearman), evaluation and one pruning run on the device, timed. Without
+CUDA it runs the same steps on the CPU and says so in the result (``device``, ``cuda``).
+
+    python benchmarks/gpu_check.py [--problems 12]
+
+Writes benchmarks/results/gpu_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import write_result
+from cap_edge.backend import TorchBackend
+from cap_edge.config import PruneConfig, ScoreConfig
+from cap_edge.evaluate import evaluate
+from cap_edge.models import load_model
+from cap_edge.pruning import prune_model
+from cap_edge.scoring import build_calib_batch, compute_scores, score_matrix, spearman
+from cap_edge.tasks import calibration_problems, load_split
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--problems", type=int, default=12)
+    ap.add_argument("--eval-per-family", type=int, default=10)
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    out = {"cuda": cuda, "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA on this machine: the same steps ran "
+           "on the CPU)", "scoring": {}}
+    ref = None
+    for dtype in ("fp32", "bf16", "fp16"):
+        if dtype == "fp16" and not cuda:
+            out["scoring"][dtype] = {"skipped": "fp16 matmuls are not a CPU path"}
+            continue
+        lm = load_model(None, device=device, dtype=dtype)
+        batch = build_calib_batch(lm.tokenizer, calibration_problems("embedded", args.problems), 3, pad_id=lm.tokenizer.pad_token_id)
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = compute_scores(lm.model, batch, ScoreConfig(mode="exact"), progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        m = score_matrix(res)
+        row = {"seconds": time.perf_counter() - t}
+        if ref is None:
+            ref = m
+        else:
+            row.update(max_abs_diff_vs_fp32=float((m - ref).abs().max()),
+                       spearman_vs_fp32=spearman(m.flatten().tolist(), ref.flatten().tolist()))
+        out["scoring"][dtype] = row
+        print(dtype, row, flush=True)
+    lm = load_model(None, device=device)  # auto dtype: bf16/fp16 on CUDA, fp32 on CPU
+    t = time.perf_counter()
+    r = evaluate(TorchBackend(lm.model, lm.tokenizer, progress=False), lm.tokenizer, load_split("embedded", "eval",
+                                                                                             args.eval_per_family))
+    out["evaluation"] = {"seconds": time.perf_counter() - t, "dtype": str(lm.model.dtype), "acc": r["overall"]["acc"],
+                         "n": r["overall"]["n"]}
+    batch = build_calib_batch(lm.tokenizer, calibration_problems("embedded", 32), 3, pad_id=lm.tokenizer.pad_token_id)
+    t = time.perf_counter()
+    rep = prune_model(lm.model, PruneConfig(method="sparsegpt", sparsity=0.5), batch, progress=False)
+    out["prune"] = {"method": "sparsegpt", "seconds": time.perf_counter() - t, "achieved_sparsity": rep["achieved_sparsity"]}
+    print(out, flush=True)
+    write_result("gpu_check", out)
+
+
+if __name__ == "__main__":
+    main()
