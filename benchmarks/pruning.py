@@ -99,6 +99,8 @@ def summarise(runs: list[dict], draws: int) -> list[dict]:
     for pattern, sp in SETTINGS:
         target = 0.5 if pattern == "2:4" else sp
         level = [r for r in runs if r["pattern"] == pattern and abs(r["target_sparsity"] - target) < 1e-9]
+        if not level:  # a setting this run did not include (--settings)
+            continue
         rows = {}
         for m in METHODS:
             rs = [r for r in level if r["method"] == m]
@@ -124,9 +126,12 @@ def main():
     ap.add_argument("--knowledge-per-family", type=int, default=100)
     ap.add_argument("--suite-per-family", type=int, default=10)
     ap.add_argument("--gen-per-family", type=int, default=20)
+    ap.add_argument("--settings", nargs="+", default=[f"{sp}" if p == "unstructured" else p for p, sp in SETTINGS],
+                    help="unstructured sparsities and/or N:M patterns, e.g. 0.5 2:4")
     ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
     args = ap.parse_args()
+    settings = [(st, 0.5) if ":" in st else ("unstructured", float(st)) for st in args.settings]
     lm = load_model(None, device="cpu")
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     ev = EvalSet.build(args.knowledge_per_family, args.suite_per_family, args.gen_per_family)
@@ -138,7 +143,7 @@ def main():
         cal = calibrate(lm, "embedded", d)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
         scoring.append({"draw": d, "seconds": cal["score_seconds"]})
-        for pattern, sp in SETTINGS:
+        for pattern, sp in settings:
             for m in METHODS:
                 if m in CALIBRATION_FREE and d > 0:
                     continue
@@ -148,7 +153,8 @@ def main():
                       f"KL {r['kl']:.4f} ret {r['retention']:.2f} ({r['prune_seconds']:.0f}s)", flush=True)
     summary = summarise(runs, args.draws)
     transfer = []
-    for calib_spec, know, suite_spec, name in ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")):
+    splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
+    for calib_spec, know, suite_spec, name in splits:
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
         tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
@@ -182,7 +188,7 @@ def main():
     print(md)
     (RESULTS / "pruning.md").write_text(f"Knowledge families n={ev.sizes()['knowledge']}, suite n={ev.sizes()['suite']}, "
                                         f"{args.draws} calibration draws.\n\n{md}\n")
-    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": args.draws, "scoring": scoring,
+    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": args.draws, "settings": args.settings, "scoring": scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},
                              "summary": summary, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],

@@ -143,12 +143,14 @@ def glance() -> str:
         r = load(name)
         if r:
             for o, sel in r["selection"].items():
-                rows.append([f"{r['device']} build, {o}", sel["shipped"], "pruning beats dense-quantized" if sel["pruned_beats_dense"]
-                             else "dense-quantized wins", f"`{name}.json`"])
+                rows.append([f"{r['device']} build, {o}", sel["shipped"], ("pruning beats dense-quantized: " if sel["pruned_beats_dense"]
+                             else "dense-quantized wins; best pruned: ") + _vs_dense(r, o), f"`{name}.json`"])
     if p:
         for lv in p["summary"]:
             rows.append([f"{lv['pattern']} {lv['sparsity']:.0%} pruning", f"best CAP {lv['best_cap']} vs {lv['best_baseline']}",
-                         f"answer CE {lv['ce_gap']:+.3f} (draw sd {lv['ce_noise']:.3f}), KL x{lv['kl_ratio']:.2f}", "`pruning.json`"])
+                         f"answer CE {lv['ce_gap']:+.3f} (draw sd {lv['ce_noise']:.3f}: "
+                         f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd), KL x{lv['kl_ratio']:.2f}",
+                         "`pruning.json`"])
     if s:
         e, sc = s["evaluation"], s["scoring"]["modes"]
         rows.append(["evaluation throughput", f"{e['speedup']:.1f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",
@@ -164,6 +166,18 @@ def glance() -> str:
         rows.append(["bad input", f"{rb['summary']['probes']} probes", f"{rb['summary']['silent_wrong']} silently wrong, "
                      f"{rb['summary']['data_lost']} data lost", "`robustness.json`"])
     return md_table(["question", "answer", "detail", "source"], rows)
+
+
+def _vs_dense(r: dict, output: str) -> str:
+    """How much the most accurate valid pruned candidate at ``output`` differs from dense at the same output."""
+    at = [c for c in r["candidates"] if c["output"] == output and c.get("valid")]
+    dense = next((c for c in at if c["dense"]), None)
+    pruned = [c for c in at if not c["dense"]]
+    if not dense or not pruned:
+        return "no valid pruned candidate"
+    b = max(pruned, key=lambda c: c["acc"])
+    return (f"{b['name']} accuracy {b['acc'] - dense['acc']:+.3f}, KL {b['kl']:.3f}, decode x{b['decode_tok_s'] / dense['decode_tok_s']:.2f}"
+            f" ({b['speed_label']}), size x{b['mb'] / dense['mb']:.2f}")
 
 
 def readme_with_glance(text: str) -> str:

@@ -102,7 +102,7 @@ def test_html_report_is_self_contained(tmp_path, tiny_dir):
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # no external URLs
     tags = _balanced_tags(page)  # every element closed in order
     assert tags["img"] == page.count("data:image/png;base64,") and tags["table"] == 2 and tags["h2"] >= 5
-    assert "Ratios pruned / dense" in md.read_text()
+    assert "Ratios shipped / dense baselines" in md.read_text() and "vs dense/gguf:q4_0" in md.read_text()
 
 
 def _balanced_tags(page: str) -> dict:
