@@ -6,6 +6,7 @@ and the clock (host-measured, plus the roofline for a device that is not the hos
 
     python benchmarks/pareto.py --device cpu          # -> benchmarks/results/pareto_cpu.json
     python benchmarks/pareto.py --device jetson-orin  # -> benchmarks/results/pareto_jetson.json
+    python benchmarks/pareto.py --device cpu --from-build runs/readme-build   # tabulate a finished build
 
 The build directory (runs/pareto-DEVICE) holds every artifact, report.md and candidates.png.
 """
@@ -30,14 +31,28 @@ def main():
     ap.add_argument("--levels", nargs="+", type=float, default=[0.1, 0.2, 0.3])
     ap.add_argument("--selection", nargs="+", default=["cap", "magnitude"])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--from-build", help="a finished build of this device (e.g. the README build that speed.py keeps "
+                    "in runs/readme-build): tabulate its search, with the profile's own grid, instead of building")
     args = ap.parse_args()
+    if args.from_build:
+        import json
+        from pathlib import Path
+
+        m = json.loads((Path(args.from_build) / "manifest.json").read_text())
+        if m["device"] != args.device or m["status"] != "complete":
+            raise SystemExit(f"{args.from_build}: expected a complete {args.device} build, got {m['device']} {m['status']}")
+        return report(args.device, args.from_build, m, sum(v["seconds"] for v in m["stages"].values()),
+                      command_note=f"tabulates the build in {args.from_build} (its profile's grid, run {m.get('plan', {}).get('out')})")
     prof = load_profile(args.device)
     search = replace(prof.search, enabled=True, levels=tuple(args.levels), selection=tuple(args.selection))
     prof = dataclasses.replace(prof, search=search)
     out = f"runs/pareto-{args.device}"
     t = time.perf_counter()
     m = build(BuildConfig(profile=prof, out=out, overwrite=True, runs=args.runs), log_fn=lambda s: print(s, flush=True))
-    wall = time.perf_counter() - t
+    report(args.device, out, m, time.perf_counter() - t)
+
+
+def report(device: str, out: str, m: dict, wall: float, command_note: str | None = None) -> None:
     rows = []
     for r in m["candidates"]:
         front = any(r["pareto"].values())
@@ -51,8 +66,8 @@ def main():
     print(md)
     for o, s in m["selection"].items():
         print(f"{o}: {s['message']}")
-    write_result(RESULT[args.device], {
-        "device": args.device, "build_dir": out, "wall_seconds": wall, "stages": m["stages"], "plan": m["plan"],
+    write_result(RESULT[device], {
+        **({"command_note": command_note} if command_note else {}), "device": device, "build_dir": out, "wall_seconds": wall, "stages": m["stages"], "plan": m["plan"],
         "reference": m["reference"], "selection": m["selection"],
         "candidates": [{k: v for k, v in r.items() if k not in ("entry", "samples")} for r in m["candidates"]],
         "samples": {f"{r['name']} {r['output']}": r["samples"] for r in m["candidates"]}, "table_md": md})

@@ -36,14 +36,14 @@ HALF_B = "embedded:animals,opposites,parity,routine,sequences,sizes,tracking"
 KNOW_A, KNOW_B = "embedded:geography", "embedded:animals,opposites"
 
 
-def calibrate(lm, spec: str, draw: int):
-    """Scores (32 problems, exact), channel scores, and the 128-problem statistics batch of one draw."""
+def calibrate(lm, spec: str, draw: int, mode: str = "exact"):
+    """Scores (32 problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw."""
     tok = lm.tokenizer
     calib = calibration_problems(spec, 32, draw=draw)
     stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
     t = time.perf_counter()
-    heads = score_heads(lm.model, tok, calib, ScoreConfig(), BudgetConfig(problems=len(calib)))
-    chans = score_channels(lm.model, tok, calib, ScoreConfig(), BudgetConfig(problems=len(calib)))
+    heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
+    chans = score_channels(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
     batch = build_calib_batch(tok, stats, 3, BudgetConfig(problems=len(stats)), pad_id=tok.pad_token_id)
     return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": time.perf_counter() - t}
 
@@ -51,11 +51,13 @@ def calibrate(lm, spec: str, draw: int):
 def run_setting(lm, original, cal, ev, ref, method, pattern, sp) -> dict:
     lm.model.load_state_dict(original)
     cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
+    cpu = time.process_time()  # CPU seconds: this run shares the host with other benchmarks (wall time would count them)
     rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
+    cpu = time.process_time() - cpu
     s = score_torch(lm.model, lm.tokenizer, ev, ref)
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
     return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity,
-            "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": rep["seconds"],
+            "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"],
             "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],
             "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],
             "kl_p99": s["fidelity"]["kl_p99"], "top1": s["fidelity"]["top1_agreement"], "ppl": s["fidelity"]["ppl"],
@@ -123,12 +125,14 @@ def summarise(runs: list[dict], draws: int) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--draws", type=int, default=3)
+    # prune_seconds below are process CPU seconds (all threads), so pausing or sharing the host does not change them
     ap.add_argument("--knowledge-per-family", type=int, default=100)
     ap.add_argument("--suite-per-family", type=int, default=10)
     ap.add_argument("--gen-per-family", type=int, default=20)
     ap.add_argument("--settings", nargs="+", default=[f"{sp}" if p == "unstructured" else p for p, sp in SETTINGS],
                     help="unstructured sparsities and/or N:M patterns, e.g. 0.5 2:4")
     ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
+    ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
     args = ap.parse_args()
     settings = [(st, 0.5) if ":" in st else ("unstructured", float(st)) for st in args.settings]
@@ -140,7 +144,7 @@ def main():
     print(f"dense: acc {dense['knowledge']['acc']:.3f} CE {dense['suite']['answer_ce']:.3f} ppl {ref.ppl:.2f}", flush=True)
     runs, scoring = [], []
     for d in range(args.draws):
-        cal = calibrate(lm, "embedded", d)
+        cal = calibrate(lm, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
         scoring.append({"draw": d, "seconds": cal["score_seconds"]})
         for pattern, sp in settings:
@@ -151,7 +155,8 @@ def main():
                 runs.append(r)
                 print(f"draw {d} {m:14s} {pattern:12s} {r['target_sparsity']:.2f}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} "
                       f"KL {r['kl']:.4f} ret {r['retention']:.2f} ({r['prune_seconds']:.0f}s)", flush=True)
-    summary = summarise(runs, args.draws)
+        if d + 1 < args.draws:  # a complete, smaller result after every draw: a stopped run still leaves one
+            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [])
     transfer = []
     splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
     for calib_spec, know, suite_spec, name in splits:
@@ -159,7 +164,7 @@ def main():
         tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
         tref = dense_reference(lm.model, lm.tokenizer, tev)
-        cal = calibrate(lm, calib_spec, 0)
+        cal = calibrate(lm, calib_spec, 0, args.score_mode)
         for setting in args.transfer_settings:
             pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
             for m in args.transfer_methods:
@@ -167,6 +172,11 @@ def main():
                 transfer.append(r)
                 print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
     lm.model.load_state_dict(original)
+    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer)
+
+
+def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict]) -> None:
+    summary = summarise(runs, draws)
     transfer_summary = []
     for name in ("A->B", "B->A"):
         for setting in args.transfer_settings:
@@ -184,11 +194,11 @@ def main():
                          f"{r['answer_ce']['mean']:.3f} ± {r['answer_ce']['std']:.3f}", f"{r['kl']['mean']:.4f}",
                          f"{r['retention']['mean']:.2f}", f"{r['ppl']['mean']:.1f}", f"{r['prune_seconds']['mean']:.0f}"])
     md = table(rows, ["method", "pattern", "sparsity", "draws", "acc (mean)", "acc range", "answer CE mean ± sd",
-                      "KL to dense", "retention", "ppl", "prune s"])
+                      "KL to dense", "retention", "ppl", "prune CPU s"])
     print(md)
     (RESULTS / "pruning.md").write_text(f"Knowledge families n={ev.sizes()['knowledge']}, suite n={ev.sizes()['suite']}, "
-                                        f"{args.draws} calibration draws.\n\n{md}\n")
-    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": args.draws, "settings": args.settings, "scoring": scoring,
+                                        f"{draws} calibration draws.\n\n{md}\n")
+    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": draws, "draws_requested": args.draws, "settings": args.settings, "score_mode": args.score_mode, "scoring": scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},
                              "summary": summary, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],
