@@ -67,6 +67,11 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp) -> dict:
             "rank": [{k: v["rank"] for k, v in r.items()} for r in ranks] if ranks else None}
 
 
+def parse_setting(text: str) -> tuple[str, float]:
+    """A command-line setting: "2:4" (N:M, sparsity 0.5) or an unstructured sparsity such as "0.5"."""
+    return (text, 0.5) if ":" in text else ("unstructured", float(text))
+
+
 def spread(vals: list[float]) -> dict:
     return {"mean": statistics.mean(vals), "min": min(vals), "max": max(vals),
             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
@@ -135,7 +140,7 @@ def main():
     ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
     args = ap.parse_args()
-    settings = [(st, 0.5) if ":" in st else ("unstructured", float(st)) for st in args.settings]
+    settings = [parse_setting(st) for st in args.settings]
     lm = load_model(None, device="cpu")
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     ev = EvalSet.build(args.knowledge_per_family, args.suite_per_family, args.gen_per_family)
@@ -166,7 +171,7 @@ def main():
         tref = dense_reference(lm.model, lm.tokenizer, tev)
         cal = calibrate(lm, calib_spec, 0, args.score_mode)
         for setting in args.transfer_settings:
-            pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
+            pattern, sp = parse_setting(setting)
             for m in args.transfer_methods:
                 r = {**run_setting(lm, original, cal, tev, tref, m, pattern, sp), "split": name, "draw": 0}
                 transfer.append(r)
@@ -180,7 +185,7 @@ def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[
     transfer_summary = []
     for name in ("A->B", "B->A"):
         for setting in args.transfer_settings:
-            pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
+            pattern, sp = parse_setting(setting)
             level = [r for r in transfer if r["split"] == name and r["pattern"] == pattern and abs(r["target_sparsity"] - sp) < 1e-9]
             if level:
                 transfer_summary.append({"split": name, "pattern": pattern, "sparsity": sp, **compare(level, [0])})
