@@ -16,6 +16,8 @@ import argparse
 import statistics
 import time
 
+import torch
+
 from _common import RESULTS, table, write_result
 from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
 from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
@@ -48,9 +50,9 @@ def calibrate(lm, spec: str, draw: int, mode: str = "exact"):
     return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": time.perf_counter() - t}
 
 
-def run_setting(lm, original, cal, ev, ref, method, pattern, sp) -> dict:
+def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dict:
     lm.model.load_state_dict(original)
-    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
+    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern, **extra)
     cpu = time.process_time()  # CPU seconds: this run shares the host with other benchmarks (wall time would count them)
     rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
     cpu = time.process_time() - cpu
@@ -65,6 +67,24 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp) -> dict:
             "allocation": rep.get("allocation"),
             "rank_deficient_inputs": sum(not v["full_rank"] for r in ranks for v in r.values()) if ranks else None,
             "rank": [{k: v["rank"] for k, v in r.items()} for r in ranks] if ranks else None}
+
+
+def zero_masks(model) -> list:
+    """Where the decoder's linear weights are exactly zero (the pruning masks), one bool tensor per matrix."""
+    return [m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+
+
+def precision_check(lm, original, cal, ev, ref, pattern, sp, ref_row, ref_masks) -> dict:
+    """SparseGPT with a float32 OBS solve against the float64 run of the same draw (issue #23): mask
+    agreement and the change in the evaluation, to be read against the spread over calibration draws."""
+    r = run_setting(lm, original, cal, ev, ref, "sparsegpt", pattern, sp, sparsegpt_dtype="float32")
+    masks = zero_masks(lm.model)
+    same = sum(int((a == b).sum()) for a, b in zip(masks, ref_masks))
+    total = sum(a.numel() for a in masks)
+    return {"pattern": pattern, "sparsity": r["target_sparsity"], "draw": ref_row["draw"],
+            "mask_agreement": same / total, "answer_ce": {"float64": ref_row["answer_ce"], "float32": r["answer_ce"]},
+            "acc": {"float64": ref_row["acc"], "float32": r["acc"]}, "kl": {"float64": ref_row["kl"], "float32": r["kl"]},
+            "paired": paired(r, ref_row), "prune_seconds": {"float64": ref_row["prune_seconds"], "float32": r["prune_seconds"]}}
 
 
 def parse_setting(text: str) -> tuple[str, float]:
@@ -139,6 +159,7 @@ def main():
     ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
     ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
+    ap.add_argument("--no-precision-check", action="store_true", help="skip SparseGPT float32 vs float64 on draw 0")
     args = ap.parse_args()
     settings = [parse_setting(st) for st in args.settings]
     lm = load_model(None, device="cpu")
@@ -147,7 +168,7 @@ def main():
     ref = dense_reference(lm.model, lm.tokenizer, ev)
     dense = score_torch(lm.model, lm.tokenizer, ev, ref)
     print(f"dense: acc {dense['knowledge']['acc']:.3f} CE {dense['suite']['answer_ce']:.3f} ppl {ref.ppl:.2f}", flush=True)
-    runs, scoring = [], []
+    runs, scoring, precision = [], [], []
     for d in range(args.draws):
         cal = calibrate(lm, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
@@ -160,8 +181,13 @@ def main():
                 runs.append(r)
                 print(f"draw {d} {m:14s} {pattern:12s} {r['target_sparsity']:.2f}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} "
                       f"KL {r['kl']:.4f} ret {r['retention']:.2f} ({r['prune_seconds']:.0f}s)", flush=True)
+                if m == "sparsegpt" and d == 0 and not args.no_precision_check:
+                    pc = precision_check(lm, original, cal, ev, ref, pattern, sp, r, zero_masks(lm.model))
+                    precision.append(pc)
+                    print(f"draw 0 sparsegpt float32 vs float64 {pattern} {sp}: masks agree {pc['mask_agreement']:.4f}, "
+                          f"CE {pc['answer_ce']['float32']:.3f} vs {pc['answer_ce']['float64']:.3f}", flush=True)
         if d + 1 < args.draws:  # a complete, smaller result after every draw: a stopped run still leaves one
-            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [])
+            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [], precision)
     transfer = []
     splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
     for calib_spec, know, suite_spec, name in splits:
@@ -177,11 +203,18 @@ def main():
                 transfer.append(r)
                 print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
     lm.model.load_state_dict(original)
-    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer)
+    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer, precision)
 
 
-def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict]) -> None:
+def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict],
+          precision: list[dict]) -> None:
     summary = summarise(runs, draws)
+    for pc in precision:  # the float32 change against the float64 method's spread over draws
+        lv = next(v for v in summary if v["pattern"] == pc["pattern"] and abs(v["sparsity"] - pc["sparsity"]) < 1e-9)
+        sg = next(r for r in lv["rows"] if r["method"] == "sparsegpt")
+        pc["ce_spread_over_draws"] = {"std": sg["answer_ce"]["std"], "range": sg["answer_ce"]["max"] - sg["answer_ce"]["min"]}
+        delta = abs(pc["answer_ce"]["float32"] - pc["answer_ce"]["float64"])
+        pc["within_spread"] = draws > 1 and delta <= pc["ce_spread_over_draws"]["range"]
     transfer_summary = []
     for name in ("A->B", "B->A"):
         for setting in args.transfer_settings:
@@ -206,7 +239,7 @@ def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[
     write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": draws, "draws_requested": args.draws, "settings": args.settings, "score_mode": args.score_mode, "scoring": scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},
-                             "summary": summary, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],
+                             "summary": summary, "sparsegpt_precision": precision, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],
                              "runs": [{k: v for k, v in r.items() if k != "hits"} for r in runs], "table_md": md})
 
 

@@ -94,6 +94,9 @@ class PruneConfig:
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
     sparsegpt_damp: float = 0.01
+    # the OBS solve's precision: float64 (default) keeps round-off out of the masks where a Hessian is
+    # near-singular; float32 agrees on full-rank statistics (tests/test_pruning.py, benchmarks/pruning.py)
+    sparsegpt_dtype: str = "float64"
     # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
     # more problems than scoring needs; 128 give every layer's input statistic full rank on the
     # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
@@ -136,6 +139,8 @@ class PruneConfig:
         if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
             raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
         _positive("stats_problems", self.stats_problems)
+        if self.sparsegpt_dtype not in ("float32", "float64"):
+            raise ConfigError(f"sparsegpt_dtype: expected float32 or float64, got {self.sparsegpt_dtype!r}")
         for name in ("alloc_bound", "token_beta", "unit_strength"):
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:

@@ -219,3 +219,19 @@ def test_structured_build_on_tiny_model(tiny_dir, tmp_path):
     gg = m["artifacts"][0]
     assert gg["metadata"]["gguf_arch"] == "deci"
     assert json.loads((tmp_path / "s" / "model" / "config.json").read_text())["model_type"] == "cap_edge_structured"
+
+
+def test_op_coverage_is_checked_on_the_invalid_artifact_path_too(tmp_path):
+    """_finish (valid and invalid artifacts alike) refuses a graph with ops the target EP lacks,
+    before it spends time measuring it."""
+    import types
+
+    from cap_edge.deploy.candidates import _finish
+    from cap_edge.errors import CapEdgeError
+
+    export = _npu_profile(tmp_path).export
+    entry = {"path": str(tmp_path / "model.onnx"), "bytes": 1, "compressed_bytes": 1, "validation": {"passed": False},
+             "metadata": {"op_coverage": {"decode": {"ok": False, "unsupported": {"com.microsoft:Foo": {"count": 3}}}}}}
+    ctx = types.SimpleNamespace(profile=types.SimpleNamespace(export=export))  # nothing else may be touched
+    with pytest.raises(CapEdgeError, match="com.microsoft:Foo x3"):
+        _finish({"name": "c", "output": "onnx-static:qdq16", "valid": False}, entry, ctx, lambda s: None, None, 1)

@@ -58,7 +58,6 @@ def candidate_row(cand, model_dir: Path, out_dir: Path, ctx, say) -> dict:
         art_entry = next(resolve(a, out_dir) for a in entries if a["format"] == fmt and a["precision"] == prec)
         row.update(valid=False, invalid=str(e))
         return _finish(row, art_entry, ctx, say, spec, params)
-    check_op_coverage(ctx.profile.export, art.metadata.get("op_coverage"), art.path, say)
     return _finish(row, art.as_dict(), ctx, say, spec, params)
 
 
@@ -84,6 +83,8 @@ def check_op_coverage(export_cfg, coverage: dict | None, path, say) -> None:
 def _finish(row: dict, entry: dict, ctx, say, spec, params: int) -> dict:
     from .export import measure_artifact
 
+    # before any measuring, and on the invalid-artifact path too: a graph the target EP cannot run
+    check_op_coverage(ctx.profile.export, (entry.get("metadata") or {}).get("op_coverage"), entry["path"], say)
     row.update(path=entry["path"], mb=entry["bytes"] / 1e6, zip_mb=entry["compressed_bytes"] / 1e6,
                validation={k: entry["validation"].get(k) for k in ("metric", "mean_kl", "top1_agreement_decisive",
                                                                    "passed", "greedy_equal")},

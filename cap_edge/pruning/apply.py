@@ -164,7 +164,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             for p, lin in lins.items():
                 W = lin.weight.float()
                 if method.stats == "hessian":
-                    Wn, _ = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp)
+                    Wn, _ = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp,
+                                           getattr(torch, cfg.sparsegpt_dtype))
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
                     lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))
