@@ -95,6 +95,43 @@ CRIT_HEAD = ["level", "best CAP", "best of Wanda/SparseGPT", "Δ answer CE", "dr
              "KL ratio to the lowest baseline KL", "McNemar per draw (CAP-only/baseline-only)", "criteria met"]
 
 
+def separations(level: dict, key: str = "answer_ce") -> list[dict]:
+    """Every pair of methods at one level whose ``key`` differs by more than the calibration noise:
+    their ranges over the draws do not overlap (magnitude, calibration-free, is one point). Lower is
+    better for answer CE and KL, higher for accuracy."""
+    rows = [r for r in level["rows"] if r[key].get("values")]
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            lo, hi = (a, b) if a[key]["mean"] <= b[key]["mean"] else (b, a)
+            out.append({"lower": lo["method"], "higher": hi["method"], "delta": hi[key]["mean"] - lo[key]["mean"],
+                        "separated": lo[key]["max"] < hi[key]["min"]})
+    return out
+
+
+def noise_statement(r: dict, key: str = "answer_ce") -> str:
+    """Which method differences exceed the spread over calibration draws, per level (one line each)."""
+    if r["draws"] < 2:
+        return "one calibration draw: no spread measured, so no difference can be called larger than the noise"
+    parts = []
+    for lv in r["summary"]:
+        sep = [p for p in separations(lv, key) if p["separated"]]
+        within = [p for p in separations(lv, key) if not p["separated"]]
+        parts.append(f"{lv['pattern']} {lv['sparsity']:.0%}: " + ("; ".join(f"{p['lower']} < {p['higher']} ({p['delta']:+.2f})" for p in sep)
+                     or "none") + f" ({len(within)} pair{'' if len(within) == 1 else 's'} within the noise"
+                     + (": " + ", ".join(f"{p['lower']}~{p['higher']}" for p in within) if within else "") + ")")
+    return "\n".join(f"- {p}" for p in parts)
+
+
+def precision_rows(r: dict) -> list[list]:
+    return [[f"{pc['pattern']} {pc['sparsity']:.2f}", f"{pc['mask_agreement']:.4f}",
+             f"{pc['answer_ce']['float64']:.3f} / {pc['answer_ce']['float32']:.3f}",
+             f"{pc['acc']['float64']:.3f} / {pc['acc']['float32']:.3f}", f"{pc['kl']['float64']:.4f} / {pc['kl']['float32']:.4f}",
+             f"{pc['paired']['a_only']}/{pc['paired']['b_only']} p={pc['paired']['p_value']:.2g}",
+             f"{pc['ce_spread_over_draws']['range']:.3f}", "yes" if pc["within_spread"] else "no"]
+            for pc in r.get("sparsegpt_precision") or []]
+
+
 def pruning(r: dict) -> str:
     out = []
     if r.get("draws_requested", r["draws"]) > r["draws"]:
@@ -109,12 +146,28 @@ def pruning(r: dict) -> str:
     if r.get("transfer_summary"):
         out += ["", "Transfer (calibrate on one half of the families, evaluate on the other; one draw):", "",
                 md_table(CRIT_HEAD, _criteria_rows(r["transfer_summary"], lambda lv: f"{lv['split']} {lv['pattern']} {lv['sparsity']:.2f}"))]
+    out += ["", f"Differences in mean answer CE larger than the calibration noise (the two methods' ranges over "
+            f"{r['draws']} draws do not overlap; lower CE first):", "", noise_statement(r)]
+    if r.get("sparsegpt_precision"):
+        out += ["", "SparseGPT's OBS solve in float32 against float64 (draw 0, same statistics), read against the "
+                "spread of float64 SparseGPT over the draws:", "",
+                md_table(["level", "mask agreement", "answer CE f64 / f32", "acc f64 / f32", "KL f64 / f32",
+                          "McNemar f32-only/f64-only", "CE range over draws", "Δ CE within it"], precision_rows(r))]
     times = [lv for lv in r["summary"] if lv.get("prune_time_vs_sparsegpt")]
     if times:
         out += ["", "Pruning CPU time relative to SparseGPT (process CPU seconds, mean over draws): "
                 + "; ".join(f"{lv['pattern']} {lv['sparsity']:.2f}: " + ", ".join(f"{m} {v:.2f}x" for m, v in lv["prune_time_vs_sparsegpt"].items())
                             for lv in times) + "."]
     return "\n".join(out)
+
+
+def hybrid_bound(r: dict) -> str:
+    attr = ", ".join(f"draw {d['draw']}: {d['attribution_spearman']:.3f} (per-layer affine fit on every exact score: "
+                     f"{d['per_layer_affine_oracle_spearman']:.3f})" for d in r["draws"])
+    return (f"Spearman vs exact of hybrids that refine the units each rule picks, replayed offline on {r['problems']} "
+            f"problems per draw. Attribution alone: {attr}. The 20x-naive target leaves a refinement cost share of "
+            f"{r['share_for_20x']:.2f} ({r['share_for_20x_from']}); the oracle row is the best any choice of units can reach.\n\n"
+            + r["table_md"])
 
 
 def robustness(r: dict) -> str:
@@ -133,6 +186,7 @@ SECTIONS = [
     ("Dense vs shipped on the host CPU", "bench_cpu", lambda r: bench(r)),
     ("Exports", "exports", stored("table_md")),
     ("Speed on the host", "speed", speed),
+    ("Hybrid scoring: how far refinement can go", "hybrid_bound", hybrid_bound),
     ("GPU check", "gpu_check", lambda r: "```\n" + json.dumps({k: v for k, v in r.items() if k in ("cuda", "device", "scoring",
                                                                                                    "evaluation", "prune")},
                                                            indent=1) + "\n```"),
@@ -170,6 +224,11 @@ def glance() -> str:
                          f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if p["draws"] > 1
                          else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}",
                          "`pruning.json`"])
+            if p["draws"] > 1:
+                sep = [q for q in separations(lv) if q["separated"]]
+                rows.append([f"{lv['pattern']} {lv['sparsity']:.0%}: differences beyond calibration noise",
+                             f"{len(sep)} of {len(separations(lv))} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
+                             "; ".join(f"{q['lower']} < {q['higher']}" for q in sep) or "none", "`pruning.json`"])
     if s:
         e, sc = s["evaluation"], s["scoring"]["modes"]
         rows.append(["evaluation throughput", f"{e['speedup']:.1f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",

@@ -117,17 +117,24 @@ def refine_order(attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (spread + 0.5 * med.abs()) * density / cost, cost
 
 
+def select_units(prio: torch.Tensor, cost: torch.Tensor, fraction: float) -> tuple[list[int], float]:
+    """Highest priority first, every unit that still fits in ``fraction`` of the total cost:
+    (chosen flat indices, cost spent)."""
+    budget, spent, chosen = fraction * float(cost.sum()), 0.0, []
+    for idx in prio.argsort(descending=True).tolist():
+        if spent + cost[idx] <= budget:
+            chosen.append(idx)
+            spent += float(cost[idx])
+    return chosen, spent
+
+
 def refine(engine: ScoringEngine, result: dict, attr: torch.Tensor, fraction: float, progress: bool, intact,
            target: str = "heads") -> None:
     """Exactly re-score units, most uncertain rank per cost first (``refine_order``), until
     ``fraction`` of the cost of scoring every unit exactly is spent."""
     L, H, _ = attr.shape
     prio, cost = refine_order(attr)
-    budget, spent, chosen = fraction * float(cost.sum()), 0.0, []
-    for idx in prio.argsort(descending=True).tolist():
-        if spent + cost[idx] <= budget:
-            chosen.append(idx)
-            spent += float(cost[idx])
+    chosen, spent = select_units(prio, cost, fraction)
     n = len(chosen)
     by_layer: dict[int, list[int]] = {}
     for idx in chosen:
