@@ -48,3 +48,10 @@ def test_jetson_handoff_names_existing_files_and_matching_shapes(tiny_dir, tmp_p
 def test_structured_handoff_says_edge_llm_is_not_offered(tiny_dir, tmp_path):
     info = write_jetson_handoff(tmp_path, None, None, str(tiny_dir), 64, 512, structured=True)
     assert "edge_llm" not in info and "per-layer head counts" in (tmp_path / "jetson" / "README.md").read_text()
+
+
+def test_handoff_says_why_trtexec_is_missing_when_the_search_shipped_int8_onnx(tiny_dir, tmp_path):
+    info = write_jetson_handoff(tmp_path, None, None, str(tiny_dir), 64, 512, structured=False, onnx_shipped="onnx:int8")
+    text = (tmp_path / "jetson" / "README.md").read_text()
+    assert "trtexec" not in info and not (tmp_path / "jetson" / "build_engine.sh").exists()
+    assert "`onnx:int8`" in text and "MatMulNBits" in text and "--no-search" in text

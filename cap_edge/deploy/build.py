@@ -242,7 +242,8 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             onnx = by.get("onnx", {}).get("path") if by.get("onnx", {}).get("output") == "onnx:fp16" else None
             m["handoff"] = write_jetson_handoff(out, onnx, by.get("gguf", {}).get("path"), str(out / "model"),
                                                 cfg.prompt_tokens, cfg.profile.runtime.context_length,
-                                                ship_model["pattern"] == "structured")
+                                                ship_model["pattern"] == "structured",
+                                                onnx_shipped=by.get("onnx", {}).get("output") if onnx is None else None)
     with man.stage("report", say):
         from ..io import atomic_path
         from .report import build_report_md
