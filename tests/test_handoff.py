@@ -54,4 +54,11 @@ def test_handoff_says_why_trtexec_is_missing_when_the_search_shipped_int8_onnx(t
     info = write_jetson_handoff(tmp_path, None, None, str(tiny_dir), 64, 512, structured=False, onnx_shipped="onnx:int8")
     text = (tmp_path / "jetson" / "README.md").read_text()
     assert "trtexec" not in info and not (tmp_path / "jetson" / "build_engine.sh").exists()
-    assert "`onnx:int8`" in text and "MatMulNBits" in text and "--no-search" in text
+    assert "`onnx:int8`" in text and "MatMulNBits" in text and "not offered" in text
+
+
+def test_handoff_builds_the_engine_from_the_fp16_candidate_when_int8_onnx_shipped(tiny_dir, tmp_path):
+    onnx = export_artifact(tiny_dir, "onnx", "fp16", tmp_path / "cand")
+    info = write_jetson_handoff(tmp_path, onnx.path, None, str(tiny_dir), 64, 512, structured=False, onnx_shipped="onnx:int8")
+    text = (tmp_path / "jetson" / "README.md").read_text()
+    assert info["trtexec"] == "build_engine.sh" and "`onnx:int8`" in text and "fp16 candidate" in text

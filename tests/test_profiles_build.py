@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -235,3 +236,24 @@ def test_op_coverage_is_checked_on_the_invalid_artifact_path_too(tmp_path):
     ctx = types.SimpleNamespace(profile=types.SimpleNamespace(export=export))  # nothing else may be touched
     with pytest.raises(CapEdgeError, match="com.microsoft:Foo x3"):
         _finish({"name": "c", "output": "onnx-static:qdq16", "valid": False}, entry, ctx, lambda s: None, None, 1)
+
+
+def test_jetson_build_hands_trtexec_an_fp16_onnx_whichever_precision_ships(tiny_dir, tmp_path):
+    """The search may ship dense onnx:int8 (the lower-precision baseline) for the fp16 output; TensorRT
+    cannot parse its MatMulNBits nodes, so build_engine.sh must still point at a validated fp16 ONNX."""
+    import dataclasses
+
+    from cap_edge.config import replace
+
+    p = load_profile("jetson-orin")
+    p = dataclasses.replace(p, export=dataclasses.replace(p.export, outputs=("onnx:fp16",)),
+                            runtime=dataclasses.replace(p.runtime, onnx_providers=("CPUExecutionProvider",), provider_options={}),
+                            search=replace(p.search, levels=(), nm_methods=()))
+    m = build(_tiny_build(tiny_dir, tmp_path / "j", p), progress=False)
+    assert {(r["name"], r["output"]) for r in m["candidates"]} == {("dense", "onnx:fp16"), ("dense", "onnx:int8")}
+    script = (tmp_path / "j" / "jetson" / "build_engine.sh").read_text()
+    onnx = re.search(r"--onnx=(\S+)", script).group(1)
+    assert onnx.endswith("model.fp16.onnx") and (tmp_path / "j" / "jetson" / onnx).is_file()
+    readme = (tmp_path / "j" / "jetson" / "README.md").read_text()
+    if m["artifacts"][0]["precision"] == "int8":
+        assert "`onnx:int8`" in readme and "fp16 candidate" in readme

@@ -239,11 +239,16 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             from .handoff import write_jetson_handoff
 
             by = {r["output"].split(":")[0]: r for r in shipped}
-            onnx = by.get("onnx", {}).get("path") if by.get("onnx", {}).get("output") == "onnx:fp16" else None
+            onnx_row = by.get("onnx", {})
+            onnx_shipped = onnx_row.get("output") if onnx_row and onnx_row["output"] != "onnx:fp16" else None
+            if onnx_shipped:  # TensorRT needs fp16: the same model's validated fp16 candidate, when the grid has one
+                onnx_row = next((r for r in rows if r["name"] == onnx_row["name"] and r["output"] == "onnx:fp16"
+                                 and r.get("valid")), {})
+            onnx = onnx_row.get("path")
             m["handoff"] = write_jetson_handoff(out, onnx, by.get("gguf", {}).get("path"), str(out / "model"),
                                                 cfg.prompt_tokens, cfg.profile.runtime.context_length,
                                                 ship_model["pattern"] == "structured",
-                                                onnx_shipped=by.get("onnx", {}).get("output") if onnx is None else None)
+                                                onnx_shipped=onnx_shipped)
     with man.stage("report", say):
         from ..io import atomic_path
         from .report import build_report_md

@@ -59,7 +59,8 @@ def write_jetson_handoff(build_dir: Path, onnx_fp16: str | None, gguf: str | Non
     """Write BUILD/jetson/ (README.md, build_engine.sh, edge_llm.sh, llama_cpp.sh, run_bench.sh,
     shapes.json). Paths in the scripts are relative to that folder. Returns what was written.
     ``onnx_shipped``: the ONNX output the search shipped when it is not fp16 (e.g. "onnx:int8", a
-    dense lower-precision baseline that won): trtexec is then not offered, and the README says why."""
+    dense lower-precision baseline that won); ``onnx_fp16`` is then the same model's fp16 candidate
+    (or None: trtexec not offered), and the README says which is which."""
     d = build_dir / "jetson"
     d.mkdir(exist_ok=True)
     rel = lambda p: os.path.relpath(p, d)  # noqa: E731
@@ -81,12 +82,15 @@ def write_jetson_handoff(build_dir: Path, onnx_fp16: str | None, gguf: str | Non
         written["trtexec"] = "build_engine.sh"
         readme += ["## TensorRT (trtexec)", "", "`./build_engine.sh` builds `model.fp16.plan` from the validated fp16 ONNX "
                    f"(`{rel(onnx_fp16)}`); shapes: `shapes.json`.", ""]
+        if onnx_shipped:
+            readme += [f"The search shipped `{onnx_shipped}` for ONNX Runtime (more accurate or faster than the fp16 "
+                       "candidates on the host); its weight-only MatMulNBits nodes are an ONNX Runtime contrib op TensorRT "
+                       "cannot parse, so the engine is built from the same model's fp16 candidate above.", ""]
     elif onnx_shipped:
         readme += ["## TensorRT (trtexec): not offered", "",
-                   f"The search shipped `{onnx_shipped}` (more accurate or faster than the fp16 candidates on the host). "
-                   "Its weight-only quantized MatMulNBits nodes are an ONNX Runtime contrib op that TensorRT cannot "
-                   "parse: ONNX Runtime's CUDA EP runs it (`run_bench.sh`). For a TensorRT engine, build with "
-                   "`cap-edge build --device jetson-orin --no-search` (ships the profile's fp16 ONNX).", ""]
+                   f"The search shipped `{onnx_shipped}` and no validated fp16 ONNX of the same model is in this build. "
+                   "Weight-only quantized MatMulNBits nodes are an ONNX Runtime contrib op that TensorRT cannot parse: "
+                   "ONNX Runtime's CUDA EP runs it (`run_bench.sh`).", ""]
     if structured:
         readme += ["## TensorRT Edge-LLM", "", "Not offered: Edge-LLM's exporter builds stock architectures, and this model "
                    "has per-layer head counts (structured pruning). Use `build_engine.sh` or llama.cpp.", ""]
