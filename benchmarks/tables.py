@@ -136,7 +136,8 @@ def pruning(r: dict) -> str:
     out = []
     if r.get("draws_requested", r["draws"]) > r["draws"]:
         out += [f"**{r['draws']} of {r['draws_requested']} requested calibration draws**: the run was stopped after the "
-                f"checkpoint it writes per draw, so no spread over draws is measured here.", ""]
+                "checkpoint it writes per draw" + (", so no spread over draws is measured here." if r["draws"] < 2
+                                                   else f"; the spreads below are over {r['draws']} draws."), ""]
     out += [r["table_md"], "",
            "Best CAP-family method against the best of Wanda/SparseGPT (by mean answer CE) at each level: answer-CE "
            "gap against the calibration-draw spread, KL ratios, McNemar per draw. Criteria (issue #17): Δ CE ≤ 0.02, "
@@ -215,8 +216,10 @@ def glance() -> str:
         r = load(name)
         if r:
             for o, sel in r["selection"].items():
+                front = [f"{c['name']} {c['output'].split(':')[1]}" for c in r["candidates"] if c.get("pareto", {}).get(o)]
                 rows.append([f"{r['device']} build, {o}", sel["shipped"], ("pruning beats dense-quantized: " if sel["pruned_beats_dense"]
-                             else "dense-quantized wins; best pruned: ") + _vs_dense(r, o), f"`{name}.json`"])
+                             else "dense-quantized wins; best pruned: ") + _vs_dense(r, o)
+                             + f"; Pareto front (accuracy, decode, MB): {', '.join(front)}", f"`{name}.json`"])
     if p:
         for lv in p["summary"]:
             rows.append([f"{lv['pattern']} {lv['sparsity']:.0%} pruning", f"best CAP {lv['best_cap']} vs {lv['best_baseline']}",
