@@ -31,6 +31,9 @@ def main():
     ap.add_argument("--levels", nargs="+", type=float, default=[0.1, 0.2, 0.3])
     ap.add_argument("--selection", nargs="+", default=["cap", "magnitude"])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--draws", type=int, default=1, help="repeat the build over this many calibration draws (issue #23): "
+                    "the table is draw 0's; every candidate's accuracy, answer CE, KL and retention get mean and range, "
+                    "and each draw's shipped choice is recorded")
     ap.add_argument("--from-build", help="a finished build of this device (e.g. the README build that speed.py keeps "
                     "in runs/readme-build): tabulate its search, with the profile's own grid, instead of building")
     args = ap.parse_args()
@@ -48,11 +51,33 @@ def main():
     prof = dataclasses.replace(prof, search=search)
     out = f"runs/pareto-{args.device}"
     t = time.perf_counter()
-    m = build(BuildConfig(profile=prof, out=out, overwrite=True, runs=args.runs), log_fn=lambda s: print(s, flush=True))
-    report(args.device, out, m, time.perf_counter() - t)
+    manifests = []
+    for d in range(args.draws):
+        print(f"== calibration draw {d}", flush=True)
+        manifests.append(build(BuildConfig(profile=prof, out=out if d == 0 else f"{out}-draw{d}", overwrite=True,
+                                           runs=args.runs, calib_draw=d), log_fn=lambda s: print(s, flush=True)))
+    report(args.device, out, manifests[0], time.perf_counter() - t, draws=over_draws(manifests) if args.draws > 1 else None)
 
 
-def report(device: str, out: str, m: dict, wall: float, command_note: str | None = None) -> None:
+def over_draws(manifests: list[dict]) -> dict:
+    """Each candidate's measures over the calibration draws (mean, min, max), and what each draw shipped.
+    A difference between two candidates is larger than the calibration noise when their ranges do not overlap."""
+    keys = ("acc", "answer_ce", "kl", "retention")
+    rows = {}
+    for m in manifests:
+        for r in m["candidates"]:
+            row = rows.setdefault((r["name"], r["output"]), {"name": r["name"], "output": r["output"], **{k: [] for k in keys}})
+            for k in keys:
+                row[k].append(r[k])
+    summary = [{**{k: v for k, v in row.items() if k not in keys},
+                **{k: {"mean": sum(row[k]) / len(row[k]), "min": min(row[k]), "max": max(row[k]), "values": row[k]} for k in keys}}
+               for row in rows.values()]
+    shipped = [{o: s["shipped"] for o, s in m["selection"].items()} for m in manifests]
+    return {"draws": len(manifests), "candidates": summary, "shipped_per_draw": shipped,
+            "same_choice_every_draw": all(s == shipped[0] for s in shipped)}
+
+
+def report(device: str, out: str, m: dict, wall: float, command_note: str | None = None, draws: dict | None = None) -> None:
     rows = []
     for r in m["candidates"]:
         front = any(r["pareto"].values())
@@ -70,7 +95,17 @@ def report(device: str, out: str, m: dict, wall: float, command_note: str | None
         **({"command_note": command_note} if command_note else {}), "device": device, "build_dir": out, "wall_seconds": wall, "stages": m["stages"], "plan": m["plan"],
         "reference": m["reference"], "selection": m["selection"],
         "candidates": [{k: v for k, v in r.items() if k not in ("entry", "samples")} for r in m["candidates"]],
-        "samples": {f"{r['name']} {r['output']}": r["samples"] for r in m["candidates"]}, "table_md": md})
+        "samples": {f"{r['name']} {r['output']}": r["samples"] for r in m["candidates"]}, "table_md": md,
+        **({"over_draws": draws, "over_draws_md": draws_table(draws)} if draws else {})})
+
+
+def draws_table(d: dict) -> str:
+    rows = [[c["name"], c["output"]] + [f"{c[k]['mean']:.3f} ({c[k]['min']:.3f}–{c[k]['max']:.3f})"
+                                        for k in ("acc", "answer_ce", "kl", "retention")] for c in d["candidates"]]
+    shipped = "; ".join(f"draw {i}: " + ", ".join(f"{o} → {v}" for o, v in s.items()) for i, s in enumerate(d["shipped_per_draw"]))
+    return (table(rows, ["candidate", "output", "accuracy mean (range)", "answer CE", "KL to dense", "retention"])
+            + f"\n\nShipped per calibration draw: {shipped} (same choice every draw: "
+              f"{'yes' if d['same_choice_every_draw'] else 'no'}).")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ def stored(*keys):
 
 def pareto(r: dict) -> str:
     sel = "\n".join(f"- **{o}**: {s['message']}" for o, s in r["selection"].items())
-    return f"{r['table_md']}\n\nFull search wall time {r['wall_seconds'] / 60:.0f} min.\n\n{sel}"
+    draws = (f"\n\nOver {r['over_draws']['draws']} calibration draws (the build repeated with `calib_draw` 0..; "
+             f"wall time above covers all of them):\n\n{r['over_draws_md']}") if r.get("over_draws") else ""
+    return f"{r['table_md']}\n\nFull search wall time {r['wall_seconds'] / 60:.0f} min.\n\n{sel}{draws}"
 
 
 def _criteria_rows(levels: list[dict], label) -> list[list]:
@@ -229,9 +231,11 @@ def glance() -> str:
                          "`pruning.json`"])
             if p["draws"] > 1:
                 sep = [q for q in separations(lv) if q["separated"]]
+                within = [q for q in separations(lv) if not q["separated"]]
                 rows.append([f"{lv['pattern']} {lv['sparsity']:.0%}: differences beyond calibration noise",
                              f"{len(sep)} of {len(separations(lv))} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
-                             "; ".join(f"{q['lower']} < {q['higher']}" for q in sep) or "none", "`pruning.json`"])
+                             "within the noise: " + (", ".join(f"{q['lower']} ~ {q['higher']}" for q in within) or "none"),
+                             "`pruning.json`"])
     if s:
         e, sc = s["evaluation"], s["scoring"]["modes"]
         rows.append(["evaluation throughput", f"{e['speedup']:.1f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",
@@ -240,6 +244,12 @@ def glance() -> str:
                      f"hybrid Spearman {sc['hybrid']['spearman_vs_exact']:.3f}", "`speed.json`"])
         if s.get("readme_build"):
             rows.append(["README main command (2 cores)", f"{s['readme_build']['wall_seconds']:.0f} s", "fresh cache", "`speed.json`"])
+    hb = load("hybrid_bound")
+    if hb:
+        i = hb["shares"].index(0.15)
+        orc = [d["rules"]["oracle |error| / cost"][f"{hb['shares'][i]:.2f}"] for d in hb["draws"]]
+        rows.append(["hybrid scoring, best possible refinement", f"oracle Spearman {min(orc):.3f}-{max(orc):.3f} at a 15% cost share",
+                     f"20x naive leaves a {hb['share_for_20x']:.0%} share: refinement alone cannot reach 0.95", "`hybrid_bound.json`"])
     if g:
         rows.append(["Gemma 3 270M", f"above chance on {', '.join(g['above_chance']) or 'no family'}",
                      f"{sum(1 for e in g['exports'] if e['valid'])} of {len(g['exports'])} exports valid", "`gemma3.json`"])

@@ -185,6 +185,7 @@ class BuildConfig:
     out: str
     model: str | None = None
     calib: str = "embedded"
+    calib_draw: int = 0  # which subset of the calibration split (benchmarks repeat builds over draws)
     eval_tasks: str = "embedded"
     eval_per_family: int | None = None  # None: the profile's [search] evaluation sizes; a number overrides all three
     prune: PruneConfig | None = None  # None -> the profile's
@@ -212,6 +213,8 @@ class BuildConfig:
                 _count(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.search is not None and not isinstance(self.search, bool):
             raise ConfigError(f"search: expected true, false or None, got {self.search!r}")
+        if isinstance(self.calib_draw, bool) or not isinstance(self.calib_draw, int) or self.calib_draw < 0:
+            raise ConfigError(f"--calib-draw: expected an integer >= 0, got {self.calib_draw!r}")
 
     @property
     def searching(self) -> bool:

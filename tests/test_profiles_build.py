@@ -257,3 +257,22 @@ def test_jetson_build_hands_trtexec_an_fp16_onnx_whichever_precision_ships(tiny_
     readme = (tmp_path / "j" / "jetson" / "README.md").read_text()
     if m["artifacts"][0]["precision"] == "int8":
         assert "`onnx:int8`" in readme and "fp16 candidate" in readme
+
+
+def test_calibration_draw_reaches_the_plan_and_the_pruned_model(tiny_dir, tmp_path):
+    from cap_edge.errors import ConfigError
+    from cap_edge.models import load_model
+    from cap_edge.pruning.run import prune_stage
+
+    with pytest.raises(ConfigError, match="--calib-draw: expected an integer >= 0, got -1"):
+        _tiny_build(tiny_dir, tmp_path / "x", calib_draw=-1)
+    r = runner.invoke(app, ["build", "--device", "cpu", "--model", str(tiny_dir), "--out", str(tmp_path / "b"),
+                            "--calib-draw", "2", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["calibration"]["draw"] == 2
+    hashes = []
+    for d in (0, 1):
+        res = prune_stage(load_model(str(tiny_dir)), PruneConfig(method="wanda", sparsity=0.5), budget=BudgetConfig(problems=4,
+                          tokens_per_problem=64), draw=d, progress=False)
+        hashes.append((res.calibration["draw"], res.calibration["hash"], str(res.dir)))
+    assert [h[0] for h in hashes] == [0, 1] and hashes[0][1] != hashes[1][1] and hashes[0][2] != hashes[1][2]

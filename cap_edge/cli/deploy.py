@@ -17,6 +17,8 @@ def build_cmd(
     device: str = typer.Option(..., help="profile name (see `cap-edge devices`) or a .toml path"),
     model: Optional[str] = ModelOpt,
     calib: str = typer.Option("embedded", help="calibration task spec"),
+    calib_draw: int = typer.Option(0, help="which subset of the calibration split (0: the first; others are disjoint "
+                                           "from the evaluation split too)"),
     eval_tasks: str = typer.Option("embedded", "--eval-tasks", help="held-out evaluation task spec"),
     eval_per_family: Optional[int] = typer.Option(None, help="held-out problems per family for every measure "
                                                              "(default: the profile's [search] sizes)"),
@@ -53,7 +55,7 @@ def build_cmd(
                     tokens_per_problem=b.tokens_per_problem if budget_tokens is None else budget_tokens,
                     seconds=b.seconds if budget_seconds is None else budget_seconds)
         cfg = BuildConfig(profile=prof, out=str(out or Path("builds") / prof.name), model=model, calib=calib,
-                          eval_tasks=eval_tasks, eval_per_family=eval_per_family, prune=pr, budget=b,
+                          calib_draw=calib_draw, eval_tasks=eval_tasks, eval_per_family=eval_per_family, prune=pr, budget=b,
                           score_mode=score_mode, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs,
                           overwrite=overwrite, search=search)
         if dry_run:

@@ -59,7 +59,7 @@ def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
                     + COST["prune"] * len(models) + COST["artifact"] * len(cands))
     return {
         "device": p.name, "profile_file": p.path, "description": p.description, "model": source, "parameters": param_count(mc),
-        "calibration": {"spec": cfg.calib, **asdict(cfg.budget_cfg)},
+        "calibration": {"spec": cfg.calib, "draw": cfg.calib_draw, **asdict(cfg.budget_cfg)},
         "scoring": {"mode": cfg.scoring_mode, "subsets": ScoreConfig().subsets},
         "search": asdict(cfg.search_cfg) if cfg.searching else "off (the profile's [prune] configuration)",
         "targets": asdict(p.targets),
@@ -179,10 +179,11 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
     with man.stage("calibrate", say):
         s = cfg.search_cfg
         ev = EvalSet.build(s.knowledge_per_family, s.suite_per_family, s.gen_per_family)
-        calib = calibration_problems(cfg.calib, max(cfg.budget_cfg.problems, cfg.prune_cfg.stats_problems))
+        calib = calibration_problems(cfg.calib, max(cfg.budget_cfg.problems, cfg.prune_cfg.stats_problems),
+                                     draw=cfg.calib_draw)
         check_disjoint(calib, ev.knowledge + ev.suite + ev.gen)
         m["inputs"]["evaluation"] = {**ev.sizes(), "sha256": sha256_json(ev.all_questions())}
-        m["inputs"]["calibration"] = {"spec": cfg.calib, "problems": cfg.budget_cfg.problems}
+        m["inputs"]["calibration"] = {"spec": cfg.calib, "draw": cfg.calib_draw, "problems": cfg.budget_cfg.problems}
     with man.stage("reference", say):
         ref = dense_reference(lm.model, lm.tokenizer, ev)
         m["reference"] = ref.as_dict()
@@ -194,7 +195,7 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
             say(f"  {c.name}")
             lm = load_model(cfg.model)  # every candidate starts from the dense weights
             res = prune_stage(lm, c.prune, calib=cfg.calib, budget=cfg.budget_cfg, score_cfg=ScoreConfig(mode=cfg.scoring_mode),
-                              model_fp=fp, progress=progress)
+                              draw=cfg.calib_draw, model_fp=fp, progress=progress)
             models[c.name] = res.dir
             m["pruned"][c.name] = {"dir": str(res.dir), "cache_hit": res.cache_hit, "method": res.report["method"],
                                    "pattern": res.report["pattern"], "achieved_sparsity": res.report["achieved_sparsity"]}

@@ -36,11 +36,11 @@ class PruneResult:
 
 def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: BudgetConfig | None = None,
                 score_cfg: ScoreConfig | None = None, scores_file: str | Path | None = None, seed: int = 0,
-                model_fp: str | None = None, out: str | Path | None = None, overwrite: bool = False,
+                draw: int = 0, model_fp: str | None = None, out: str | Path | None = None, overwrite: bool = False,
                 progress: bool = True) -> PruneResult:
     """Prune ``lm`` (models.LoadedModel; changed in place) and save it. ``out`` = None keeps the
     result in the cache (verified before reuse); a directory writes it there (refusing a non-empty
-    one unless ``overwrite``)."""
+    one unless ``overwrite``). ``draw``: which subset of the calibration split (calibration_problems)."""
     from ..arch import head_geometry
     from ..models import model_fingerprint
 
@@ -48,12 +48,12 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
     score_cfg = score_cfg or ScoreConfig()
     method = get_method(cfg.method)
     model_fp = model_fp or model_fingerprint(lm.model)
-    problems = calibration_problems(calib, budget.problems, seed)
+    problems = calibration_problems(calib, budget.problems, seed, draw=draw)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     if cfg.structured and cfg.refit:  # the refit's larger batch is the only one pruning uses
-        batch = refit_batch(lm.tokenizer, calib, cfg, budget.tokens_per_problem, seed)
+        batch = refit_batch(lm.tokenizer, calib, cfg, budget.tokens_per_problem, seed, draw=draw)
     elif method.stats != "none" and not cfg.structured:  # Wanda / SparseGPT statistics: forward passes only
-        stats = calibration_problems(calib, cfg.stats_problems, seed)
+        stats = calibration_problems(calib, cfg.stats_problems, seed, draw=draw)
         batch = build_calib_batch(lm.tokenizer, stats, score_cfg.subsets,
                                   BudgetConfig(problems=len(stats), tokens_per_problem=budget.tokens_per_problem), pad_id=pad)
     else:
@@ -69,7 +69,7 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
         if cfg.structured or method.uses_channels:
             channel_scores = score_channels(lm.model, lm.tokenizer, problems, score_cfg, budget, group=cfg.channel_group,
                                             refine_fraction=cfg.channel_refine, progress=progress, model_fp=model_fp)
-    calibration = {"spec": calib, "problems": batch.n, "hash": batch.fingerprint()}
+    calibration = {"spec": calib, "draw": draw, "problems": batch.n, "hash": batch.fingerprint()}
     extra = {"model": lm.source, "calibration": calibration,
              "head_scores": str(scores_file) if scores_file else (head_scores or {}).get("hashes", {}).get("cache_key"),
              "channel_scores": (channel_scores or {}).get("hashes", {}).get("cache_key")}

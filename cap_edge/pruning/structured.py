@@ -61,7 +61,8 @@ def _keep_masks(st: LayerStructure, num_heads: int, head_dim: int, width: int) -
     return {"heads": heads, "channels": channels}
 
 
-def refit_batch(tokenizer, calib_spec: str, cfg: PruneConfig, tokens_per_problem: int = 256, seed: int = 0) -> CalibBatch:
+def refit_batch(tokenizer, calib_spec: str, cfg: PruneConfig, tokens_per_problem: int = 256, seed: int = 0,
+                draw: int = 0) -> CalibBatch:
     """The calibration batch for the refit: ``cfg.refit_problems`` problems of ``calib_spec``. The
     refit solves for up to I (1536 here) inputs per linear, so it wants many more tokens than the
     32 problems that are enough to rank heads."""
@@ -69,7 +70,7 @@ def refit_batch(tokenizer, calib_spec: str, cfg: PruneConfig, tokens_per_problem
     from ..scoring import build_calib_batch
     from ..tasks import calibration_problems
 
-    problems = calibration_problems(calib_spec, cfg.refit_problems, seed)
+    problems = calibration_problems(calib_spec, cfg.refit_problems, seed, draw=draw)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return build_calib_batch(tokenizer, problems, 3, BudgetConfig(problems=len(problems), tokens_per_problem=tokens_per_problem),
                              pad_id=pad)
