@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from cap_edge.provenance import command, git_commit, machine
@@ -26,3 +27,9 @@ def table(rows: list[list], header: list[str]) -> str:
            "|" + "|".join("-" * (x + 2) for x in w) + "|"]
     out += ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |" for r in rows]
     return "\n".join(out)
+
+
+def spread(vals: list[float]) -> dict:
+    """Mean, range and standard deviation of one measure over repeated runs (calibration draws)."""
+    return {"mean": statistics.mean(vals), "min": min(vals), "max": max(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import time
 
-from _common import table, write_result
+from _common import spread, table, write_result
 from cap_edge.config import BuildConfig, replace
 from cap_edge.deploy.build import build
 from device_profiles import load_profile
@@ -69,9 +69,7 @@ def over_draws(manifests: list[dict]) -> dict:
             row = rows.setdefault((r["name"], r["output"]), {"name": r["name"], "output": r["output"], **{k: [] for k in keys}})
             for k in keys:
                 row[k].append(r[k])
-    summary = [{**{k: v for k, v in row.items() if k not in keys},
-                **{k: {"mean": sum(row[k]) / len(row[k]), "min": min(row[k]), "max": max(row[k]), "values": row[k]} for k in keys}}
-               for row in rows.values()]
+    summary = [{**{k: v for k, v in row.items() if k not in keys}, **{k: spread(row[k]) for k in keys}} for row in rows.values()]
     shipped = [{o: s["shipped"] for o, s in m["selection"].items()} for m in manifests]
     return {"draws": len(manifests), "candidates": summary, "shipped_per_draw": shipped,
             "same_choice_every_draw": all(s == shipped[0] for s in shipped)}

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from _common import RESULTS, table, write_result
+from _common import RESULTS, spread, table, write_result
 from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
 from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
@@ -90,11 +90,6 @@ def precision_check(lm, original, cal, ev, ref, pattern, sp, ref_row, ref_masks)
 def parse_setting(text: str) -> tuple[str, float]:
     """A command-line setting: "2:4" (N:M, sparsity 0.5) or an unstructured sparsity such as "0.5"."""
     return (text, 0.5) if ":" in text else ("unstructured", float(text))
-
-
-def spread(vals: list[float]) -> dict:
-    return {"mean": statistics.mean(vals), "min": min(vals), "max": max(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
 
 
 def compare(level: list[dict], draws: list[int]) -> dict:

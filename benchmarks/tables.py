@@ -117,8 +117,9 @@ def noise_statement(r: dict, key: str = "answer_ce") -> str:
         return "one calibration draw: no spread measured, so no difference can be called larger than the noise"
     parts = []
     for lv in r["summary"]:
-        sep = [p for p in separations(lv, key) if p["separated"]]
-        within = [p for p in separations(lv, key) if not p["separated"]]
+        pairs = separations(lv, key)
+        sep = [p for p in pairs if p["separated"]]
+        within = [p for p in pairs if not p["separated"]]
         parts.append(f"{lv['pattern']} {lv['sparsity']:.0%}: " + ("; ".join(f"{p['lower']} < {p['higher']} ({p['delta']:+.2f})" for p in sep)
                      or "none") + f" ({len(within)} pair{'' if len(within) == 1 else 's'} within the noise"
                      + (": " + ", ".join(f"{p['lower']}~{p['higher']}" for p in within) if within else "") + ")")
@@ -186,7 +187,7 @@ SECTIONS = [
     ("CAP-guided settings chosen on validation data", "guided_tuning", stored("table_md")),
     ("Build search, cpu profile", "pareto_cpu", pareto),
     ("Build search, jetson-orin profile", "pareto_jetson", pareto),
-    ("Dense vs shipped on the host CPU", "bench_cpu", lambda r: bench(r)),
+    ("Dense vs shipped on the host CPU", "bench_cpu", bench),
     ("Exports", "exports", stored("table_md")),
     ("Speed on the host", "speed", speed),
     ("Hybrid scoring: how far refinement can go", "hybrid_bound", hybrid_bound),
@@ -230,10 +231,11 @@ def glance() -> str:
                          else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}",
                          "`pruning.json`"])
             if p["draws"] > 1:
-                sep = [q for q in separations(lv) if q["separated"]]
-                within = [q for q in separations(lv) if not q["separated"]]
+                pairs = separations(lv)
+                sep = [q for q in pairs if q["separated"]]
+                within = [q for q in pairs if not q["separated"]]
                 rows.append([f"{lv['pattern']} {lv['sparsity']:.0%}: differences beyond calibration noise",
-                             f"{len(sep)} of {len(separations(lv))} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
+                             f"{len(sep)} of {len(pairs)} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
                              "within the noise: " + (", ".join(f"{q['lower']} ~ {q['higher']}" for q in within) or "none"),
                              "`pruning.json`"])
     if s:
@@ -246,8 +248,7 @@ def glance() -> str:
             rows.append(["README main command (2 cores)", f"{s['readme_build']['wall_seconds']:.0f} s", "fresh cache", "`speed.json`"])
     hb = load("hybrid_bound")
     if hb:
-        i = hb["shares"].index(0.15)
-        orc = [d["rules"]["oracle |error| / cost"][f"{hb['shares'][i]:.2f}"] for d in hb["draws"]]
+        orc = [d["rules"]["oracle |error| / cost"]["0.15"] for d in hb["draws"]]
         rows.append(["hybrid scoring, best possible refinement", f"oracle Spearman {min(orc):.3f}-{max(orc):.3f} at a 15% cost share",
                      f"20x naive leaves a {hb['share_for_20x']:.0%} share: refinement alone cannot reach 0.95", "`hybrid_bound.json`"])
     if g:

@@ -54,6 +54,10 @@ def _script(path: Path, lines: list[str]) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
+# why a weight-only quantized ONNX (onnx:int8 / int4) cannot be handed to trtexec
+NOT_FOR_TENSORRT = "Its weight-only quantized MatMulNBits nodes are an ONNX Runtime contrib op that TensorRT cannot parse:"
+
+
 def write_jetson_handoff(build_dir: Path, onnx_fp16: str | None, gguf: str | None, model_dir: str, prompt_tokens: int,
                          context: int, structured: bool, onnx_shipped: str | None = None) -> dict:
     """Write BUILD/jetson/ (README.md, build_engine.sh, edge_llm.sh, llama_cpp.sh, run_bench.sh,
@@ -84,13 +88,12 @@ def write_jetson_handoff(build_dir: Path, onnx_fp16: str | None, gguf: str | Non
                    f"(`{rel(onnx_fp16)}`); shapes: `shapes.json`.", ""]
         if onnx_shipped:
             readme += [f"The search shipped `{onnx_shipped}` for ONNX Runtime (more accurate or faster than the fp16 "
-                       "candidates on the host); its weight-only MatMulNBits nodes are an ONNX Runtime contrib op TensorRT "
-                       "cannot parse, so the engine is built from the same model's fp16 candidate above.", ""]
+                       f"candidates on the host). {NOT_FOR_TENSORRT} so the engine is built from the same model's fp16 "
+                       "candidate above.", ""]
     elif onnx_shipped:
         readme += ["## TensorRT (trtexec): not offered", "",
                    f"The search shipped `{onnx_shipped}` and no validated fp16 ONNX of the same model is in this build. "
-                   "Weight-only quantized MatMulNBits nodes are an ONNX Runtime contrib op that TensorRT cannot parse: "
-                   "ONNX Runtime's CUDA EP runs it (`run_bench.sh`).", ""]
+                   f"{NOT_FOR_TENSORRT} ONNX Runtime's CUDA EP runs it (`run_bench.sh`).", ""]
     if structured:
         readme += ["## TensorRT Edge-LLM", "", "Not offered: Edge-LLM's exporter builds stock architectures, and this model "
                    "has per-layer head counts (structured pruning). Use `build_engine.sh` or llama.cpp.", ""]
