@@ -15,8 +15,13 @@ attention/MLP split as CAP's plan at each level, so the comparison is about *whi
 channels go, not how much of each kind; both get the same refit on the same calibration batch.
 
     python benchmarks/structured.py [--eval-per-family 20] [--knowledge-per-family 100] [--levels 0.1 0.2 0.3]
+    python benchmarks/structured.py --add-draws 1 2   # the same selections from other calibration draws
 
-Writes benchmarks/results/structured.json.
+Writes benchmarks/results/structured.json. ``--add-draws`` repeats the selection (head and channel
+scores, refit batch) on other calibration draws of the run above (same evaluation problems, same
+scoring mode) and measures accuracy only; it adds each row's mean and spread over the draws and
+says where CAP vs magnitude is larger than that spread (issue #23). Artifacts and timings stay those
+of draw 0: speed depends on the shapes removed, which the draws share.
 """
 
 from __future__ import annotations
@@ -40,6 +45,137 @@ from cap_edge.tasks import calibration_problems, check_disjoint, load_split
 
 WORK = Path("runs/structured-bench")
 KNOWLEDGE = "opposites,animals,geography"  # the families the dense model is clearly above chance on (README)
+
+
+def accuracy(name: str, model, tok, ev, kev, hits: dict) -> dict:
+    """Suite and knowledge accuracy/CE of one model; per-problem hits kept for the paired tests."""
+    out = {}
+    for key, problems in (("suite", ev), ("knowledge", kev)):
+        r = evaluate(TorchBackend(model, tok, progress=False), tok, problems)
+        o = r["overall"]
+        out[key] = {"acc": o["acc"], "ci95": o["ci95"], "n": o["n"], "chance": o["chance"], "answer_ce": o["answer_ce"]}
+        hits.setdefault(name, {})[key] = [p["pred"] == p["gold"] for p in r["predictions"]]
+    return {**out["suite"], "knowledge": out["knowledge"]}
+
+
+def eval_sets(args):
+    ev = load_split("embedded", "eval", args.eval_per_family)
+    kev = load_split(f"embedded:{KNOWLEDGE}", "eval", args.knowledge_per_family)
+    for split in (ev, kev):
+        check_disjoint(calibration_problems("embedded", max(args.calib, args.refit_problems)), split)
+    return ev, kev
+
+
+def select(level: float, heads, channels, batch, cfg, hits: dict, ev, kev, suffix: str = "") -> list[dict]:
+    """CAP then magnitude selection at one level (magnitude gets CAP's attention/MLP split), refit, accuracy."""
+    rows, split = [], None
+    for method in ("cap", "magnitude"):
+        name = f"{method}-{int(level * 100)}"
+        fresh = load_model(None, device="cpu", dtype="fp32")
+        rep = prune_structured(fresh.model, replace(cfg, method=method, sparsity=level), heads, channels,
+                               split=split, batch=batch, progress=False)
+        split = split or rep["removed"]
+        rows.append({"name": name, "method": method, "level": level, "params": rep["params_after"],
+                     "removed": rep["removed"], **accuracy(name + suffix, fresh.model, fresh.tokenizer, ev, kev, hits)})
+    return rows
+
+
+def add_draws(args) -> None:
+    """Repeat the selections on other calibration draws (accuracy only) and summarise the spread."""
+    import json
+    import statistics
+
+    from _common import RESULTS, spread
+
+    data = json.loads((RESULTS / "structured.json").read_text())
+    cmd = data["command"]
+    for flag, val in (("--calib", args.calib), ("--refit-problems", args.refit_problems),
+                      ("--eval-per-family", args.eval_per_family), ("--knowledge-per-family", args.knowledge_per_family),
+                      ("--channel-refine", args.channel_refine)):
+        if f"{flag} {val} " not in cmd + " ":
+            raise SystemExit(f"--add-draws must use the run's settings: expected {flag} as in {cmd!r}, got {val}")
+    levels = sorted({r["level"] for r in data["rows"] if r["method"]})
+    ev, kev = eval_sets(args)
+    lm = load_model(None, device="cpu", dtype="fp32")
+    base_cfg = PruneConfig(pattern="structured", refit_problems=args.refit_problems)
+    store = data.setdefault("draws", {"runs": [], "hits": {}})
+    # draw 0 is the full run above
+    if not any(r["draw"] == 0 for r in store["runs"]):
+        store["runs"] += [{"draw": 0, **{k: r[k] for k in ("name", "method", "level", "params", "acc", "ci95", "answer_ce", "knowledge")}}
+                          for r in data["rows"] if r["method"]]
+        store["hits"].update({f"{k}@0": v for k, v in data["hits"].items() if "/" not in k and k != "dense"})
+    for d in args.add_draws:
+        if any(r["draw"] == d for r in store["runs"]):
+            print(f"draw {d} already measured", flush=True)
+            continue
+        t = time.perf_counter()
+        calib = calibration_problems("embedded", args.calib, draw=d)
+        heads = score_heads(lm.model, lm.tokenizer, calib, ScoreConfig())
+        channels = score_channels(lm.model, lm.tokenizer, calib, ScoreConfig(), refine_fraction=args.channel_refine)
+        batch = refit_batch(lm.tokenizer, "embedded", base_cfg, draw=d)
+        hits = {}
+        for level in levels:
+            for r in select(level, heads, channels, batch, base_cfg, hits, ev, kev, suffix=f"@{d}"):
+                store["runs"].append({"draw": d, **{k: r[k] for k in ("name", "method", "level", "params", "acc", "ci95",
+                                                                         "answer_ce", "knowledge")}})
+                print(f"draw {d} {r['name']}: suite {r['acc']:.3f} CE {r['answer_ce']:.3f} knowledge "
+                      f"{r['knowledge']['acc']:.3f}", flush=True)
+        store["hits"].update({k: {s: "".join("1" if x else "0" for x in v) for s, v in h.items()} for k, h in hits.items()})
+        store.setdefault("seconds", {})[str(d)] = time.perf_counter() - t
+        summarise_draws(data, spread, statistics)
+        data.pop("benchmark", None)
+        data.pop("machine", None)
+        store["command"] = "python benchmarks/structured.py --add-draws " + " ".join(
+            str(x) for x in sorted({r["draw"] for r in store["runs"]} - {0}))
+        write_result("structured", data)  # after every draw: a stopped run keeps what it measured
+
+
+def summarise_draws(data: dict, spread, statistics) -> None:
+    """Per row: mean and range over draws; per level: CAP vs magnitude per draw (McNemar) and whether
+    the knowledge-accuracy difference is larger than the spread (ranges over draws do not overlap)."""
+    store = data["draws"]
+    draws = sorted({r["draw"] for r in store["runs"]})
+    summary, rows = [], []
+    for name in dict.fromkeys(r["name"] for r in store["runs"]):
+        rs = [r for r in store["runs"] if r["name"] == name]
+        summary.append({"name": name, "method": rs[0]["method"], "level": rs[0]["level"], "draws": len(rs),
+                        "acc": spread([r["acc"] for r in rs]), "answer_ce": spread([r["answer_ce"] for r in rs]),
+                        "knowledge_acc": spread([r["knowledge"]["acc"] for r in rs]),
+                        "knowledge_ce": spread([r["knowledge"]["answer_ce"] for r in rs])})
+    comparisons = []
+    for level in sorted({s["level"] for s in summary}):
+        c, m = (next(s for s in summary if s["level"] == level and s["method"] == k) for k in ("cap", "magnitude"))
+        per_draw = []
+        for d in draws:
+            hc, hm = store["hits"].get(f"{c['name']}@{d}"), store["hits"].get(f"{m['name']}@{d}")
+            if hc and hm:
+                per_draw.append({"draw": d, **{k: mcnemar([x == "1" for x in hc[k]], [x == "1" for x in hm[k]])
+                                               for k in ("knowledge", "suite")}})
+        verdict = {}
+        for key in ("knowledge_acc", "acc"):
+            hi, lo = (c, m) if c[key]["mean"] >= m[key]["mean"] else (m, c)
+            verdict[key] = {"higher": hi["method"], "delta": hi[key]["mean"] - lo[key]["mean"],
+                            "separated": hi[key]["min"] > lo[key]["max"]}
+        comparisons.append({"level": level, "mcnemar_per_draw": per_draw, "verdict": verdict})
+    for s in summary:
+        rows.append([s["name"], s["draws"],
+                     f"{s['knowledge_acc']['mean']:.3f} ({s['knowledge_acc']['min']:.3f}-{s['knowledge_acc']['max']:.3f})",
+                     f"{s['knowledge_ce']['mean']:.2f} ± {s['knowledge_ce']['std']:.2f}",
+                     f"{s['acc']['mean']:.3f} ({s['acc']['min']:.3f}-{s['acc']['max']:.3f})",
+                     f"{s['answer_ce']['mean']:.2f} ± {s['answer_ce']['std']:.2f}"])
+    md = table(rows, ["model", "draws", "knowledge acc mean (range)", "knowledge CE mean ± sd", "suite acc mean (range)",
+                      "suite CE mean ± sd"])
+    crow = [[f"{int(cp['level'] * 100)}%",
+             "; ".join(f"d{t['draw']}: {t['knowledge']['a_only']} vs {t['knowledge']['b_only']}, p={t['knowledge']['p_value']:.2g}"
+                       for t in cp["mcnemar_per_draw"]),
+             f"{cp['verdict']['knowledge_acc']['higher']} +{cp['verdict']['knowledge_acc']['delta']:.3f}, "
+             + ("beyond the spread" if cp["verdict"]["knowledge_acc"]["separated"] else "within the spread"),
+             f"{cp['verdict']['acc']['higher']} +{cp['verdict']['acc']['delta']:.3f}, "
+             + ("beyond the spread" if cp["verdict"]["acc"]["separated"] else "within the spread")]
+            for cp in comparisons]
+    cmd_md = table(crow, ["removed", "knowledge: CAP-only vs magnitude-only right, per draw", "knowledge acc (mean over draws)",
+                          "suite acc (mean over draws)"])
+    store.update({"draws": draws, "summary": summary, "comparisons": comparisons, "table_md": md, "compare_md": cmd_md})
 
 
 def export_all(model_dir: Path, name: str, reference) -> dict:
@@ -172,17 +308,18 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retime", action="store_true", help="only time the artifacts of the last run again")
+    ap.add_argument("--add-draws", type=int, nargs="+", metavar="DRAW",
+                    help="repeat the selections of the last run on these calibration draws (accuracy only)")
     args = ap.parse_args()
     if args.retime:
         return retime(args)
+    if args.add_draws:
+        return add_draws(args)
     WORK.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     lm = load_model(None, device="cpu", dtype="fp32")
     calib = calibration_problems("embedded", args.calib)
-    ev = load_split("embedded", "eval", args.eval_per_family)
-    kev = load_split(f"embedded:{KNOWLEDGE}", "eval", args.knowledge_per_family)
-    for split in (ev, kev):
-        check_disjoint(calibration_problems("embedded", max(args.calib, args.refit_problems)), split)
+    ev, kev = eval_sets(args)
     base_cfg = PruneConfig(pattern="structured", refit_problems=args.refit_problems)
     batch = refit_batch(lm.tokenizer, "embedded", base_cfg)
     t = time.perf_counter()
@@ -196,14 +333,8 @@ def main():
 
     hits = {}  # name -> {"suite": [bool], "knowledge": [bool]}, for the paired comparisons
 
-    def accuracy(name, model, tok) -> dict:
-        out = {}
-        for key, problems in (("suite", ev), ("knowledge", kev)):
-            r = evaluate(TorchBackend(model, tok, progress=False), tok, problems)
-            o = r["overall"]
-            out[key] = {"acc": o["acc"], "ci95": o["ci95"], "n": o["n"], "chance": o["chance"], "answer_ce": o["answer_ce"]}
-            hits.setdefault(name, {})[key] = [p["pred"] == p["gold"] for p in r["predictions"]]
-        return {**out["suite"], "knowledge": out["knowledge"]}
+    def acc_of(name, model, tok) -> dict:
+        return accuracy(name, model, tok, ev, kev, hits)
 
     def refit_summary(rep) -> dict:
         """Mean over layers of the relative output error of o_proj / down_proj on the refit batch."""
@@ -215,7 +346,7 @@ def main():
     dense_params = sum(p.numel() for p in lm.model.parameters())
     print("dense", flush=True)
     dense = {"name": "dense", "method": None, "level": 0.0, "params": dense_params,
-             **accuracy("dense", lm.model, lm.tokenizer), **export_all(lm.path, "dense", (lm.model, lm.tokenizer))}
+             **acc_of("dense", lm.model, lm.tokenizer), **export_all(lm.path, "dense", (lm.model, lm.tokenizer))}
     rows.append(dense)
     for level in args.levels:
         split = None
@@ -228,7 +359,7 @@ def main():
                                     split=split if method == "magnitude" else None)
             if method == "cap":
                 split = rep0["removed"]  # magnitude gets CAP's attention/MLP split
-            no_refit[name] = accuracy(name + "/no-refit", plain.model, plain.tokenizer)
+            no_refit[name] = acc_of(name + "/no-refit", plain.model, plain.tokenizer)
             del plain
             fresh = load_model(None, device="cpu", dtype="fp32")
             t = time.perf_counter()
@@ -239,7 +370,7 @@ def main():
             row = {"name": name, "method": method, "level": level, "params": rep["params_after"],
                    "achieved": rep["achieved_sparsity"], "removed": rep["removed"], "sizes": rep["sizes"],
                    "prune_seconds": time.perf_counter() - t, "refit_error": refit_summary(rep),
-                   **accuracy(name, fresh.model, fresh.tokenizer), **export_all(d, name, (fresh.model, fresh.tokenizer))}
+                   **acc_of(name, fresh.model, fresh.tokenizer), **export_all(d, name, (fresh.model, fresh.tokenizer))}
             print(f"  acc {row['acc']:.3f} CE {row['answer_ce']:.3f} knowledge {row['knowledge']['acc']:.3f}; "
                   f"no refit {no_refit[name]['acc']:.3f} / {no_refit[name]['knowledge']['acc']:.3f}", flush=True)
             rows.append(row)

@@ -75,7 +75,7 @@ def bench(r: dict) -> str:
 
 
 def stored(*keys):
-    return lambda r: "\n\n".join(r[k] for k in keys if k in r)
+    return lambda r: "\n\n".join(r[k] for k in keys if r.get(k))
 
 
 def pareto(r: dict) -> str:
@@ -174,6 +174,16 @@ def hybrid_bound(r: dict) -> str:
             + r["table_md"])
 
 
+def structured(r: dict) -> str:
+    out = stored("table_md", "accuracy_md", "paired_md")(r)
+    d = r.get("draws")
+    if d and len(d["draws"]) > 1:
+        out += (f"\n\nThe same selections (CAP vs magnitude, each refit) from {len(d['draws'])} calibration draws "
+                f"(`{d['command']}`; draw 0 is the run above; accuracy only). A difference is called beyond the noise "
+                f"when the two rows' ranges over the draws do not overlap:\n\n{d['table_md']}\n\n{d['compare_md']}")
+    return out
+
+
 def robustness(r: dict) -> str:
     s = r["summary"]
     return (f"{s['probes']} probes: {s['as_expected']} as expected, **{s['silent_wrong']} silently wrong, "
@@ -195,7 +205,7 @@ SECTIONS = [
                                                                                                    "evaluation", "prune")},
                                                            indent=1) + "\n```"),
     ("Gemma 3 270M", "gemma3", stored("families_md", "pruning_md", "exports_md", "build_md")),
-    ("Structured pruning (measured at an earlier commit, see source)", "structured", stored("table_md", "accuracy_md", "paired_md")),
+    ("Structured pruning (measured at an earlier commit, see source)", "structured", structured),
     ("Refit damping", "refit_damp", stored("table_md")),
     ("Static QDQ for NPUs", "static_qdq", stored("table_md")),
     ("Distributed scoring", "distributed", stored("table_md")),
@@ -238,6 +248,15 @@ def glance() -> str:
                              f"{len(sep)} of {len(pairs)} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
                              "within the noise: " + (", ".join(f"{q['lower']} ~ {q['higher']}" for q in within) or "none"),
                              "`pruning.json`"])
+    st = load("structured")
+    if st and len((st.get("draws") or {}).get("draws", [])) > 1:
+        for cp in st["draws"]["comparisons"]:
+            v = cp["verdict"]["knowledge_acc"]
+            ps = ", ".join(f"{'cap' if t['knowledge']['a_only'] > t['knowledge']['b_only'] else 'magnitude'} "
+                           f"{t['knowledge']['p_value']:.2g}" for t in cp["mcnemar_per_draw"])
+            rows.append([f"structured {cp['level']:.0%}: CAP vs magnitude selection", f"{v['higher']} +{v['delta']:.3f} knowledge acc",
+                         f"{'beyond' if v['separated'] else 'within'} the spread over {len(st['draws']['draws'])} calibration draws; "
+                         f"paired McNemar per draw (the better one, p): {ps}", "`structured.json`"])
     if s:
         e, sc = s["evaluation"], s["scoring"]["modes"]
         rows.append(["evaluation throughput", f"{e['speedup']:.1f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",

@@ -1,0 +1,57 @@
+"""The benchmarks' summaries over calibration draws: a difference is called larger than the noise
+only when the two rows' ranges over the draws do not overlap."""
+
+import importlib
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def structured(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("structured")
+
+
+def _run(draw, name, method, acc, kacc):
+    return {"draw": draw, "name": name, "method": method, "level": 0.2, "params": 1, "acc": acc, "ci95": [0, 1],
+            "answer_ce": 3.0, "knowledge": {"acc": kacc, "answer_ce": 4.0}}
+
+
+def test_structured_draws_separate_only_non_overlapping_ranges(structured):
+    from _common import spread
+
+    runs = [_run(0, "cap-20", "cap", 0.40, 0.50), _run(0, "magnitude-20", "magnitude", 0.38, 0.40),
+            _run(1, "cap-20", "cap", 0.36, 0.55), _run(1, "magnitude-20", "magnitude", 0.39, 0.45)]
+    hits = {f"{n}@{d}": {"knowledge": "1100", "suite": "10"} for n in ("cap-20", "magnitude-20") for d in (0, 1)}
+    hits["magnitude-20@1"] = {"knowledge": "0100", "suite": "10"}
+    data = {"draws": {"runs": runs, "hits": hits}}
+    structured.summarise_draws(data, spread, statistics)
+    d = data["draws"]
+    assert d["draws"] == [0, 1]
+    (cmp,) = d["comparisons"]
+    # knowledge: cap 0.50-0.55 vs magnitude 0.40-0.45 do not overlap; suite: 0.36-0.40 vs 0.38-0.39 do
+    assert cmp["verdict"]["knowledge_acc"] == pytest.approx({"higher": "cap", "delta": 0.10, "separated": True})
+    assert cmp["verdict"]["acc"]["separated"] is False
+    assert [t["knowledge"]["a_only"] for t in cmp["mcnemar_per_draw"]] == [0, 1]
+    assert "beyond the spread" in d["compare_md"] and "within the spread" in d["compare_md"]
+    cap = next(s for s in d["summary"] if s["name"] == "cap-20")
+    assert cap["knowledge_acc"]["min"] == 0.50 and cap["knowledge_acc"]["max"] == 0.55 and cap["draws"] == 2
+
+
+def test_gemma3_table_says_retention_is_undefined_when_dense_answers_nothing(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gemma3 = importlib.import_module("gemma3")
+    row = {"method": "wanda", "pattern": "unstructured", "sparsity": 0.2, "acc": 0.7, "answer_ce": 3.0, "kl": 0.36,
+           "retention": float("nan"), "ppl": 119.0, "prune_seconds": 68}
+    dense = {"knowledge": {"acc": 0.7}, "suite": {"answer_ce": 2.9}, "ppl": 100.0,
+             "generation": {"questions_asked": 80, "dense_correct": 0}}
+    md = gemma3.pruning_md([row], dense)
+    assert row["retention"] is None  # NaN never reaches the JSON
+    assert "nan" not in md and md.count("n/a") >= 2 and "answers 0 of 80" in md
+    dense["generation"]["dense_correct"] = 40
+    row["retention"] = 0.5
+    assert "n/a" not in gemma3.pruning_md([row], dense)
