@@ -60,6 +60,21 @@ def pruning_md(prunes: list[dict], dense: dict) -> str:
     return md
 
 
+def build_table(build: dict) -> str:
+    """The cpu build's candidates; a candidate that could not be exported or measured shows "—"."""
+    def g(r, k, spec):
+        v = r.get(k)
+        return "—" if v is None or not math.isfinite(v) or (k in ("decode_tok_s", "mb") and not v) else format(v, spec)
+
+    return (f"`cap-edge build --device cpu --model {MODEL}`: {build['seconds']:.0f} s; shipped per output: "
+            + "; ".join(f"{o}: {sel.get('shipped')}" for o, sel in build["selection"].items()) + "\n\n"
+            + table([[r["name"], r["output"], "yes" if r["valid"] else f"no ({r.get('invalid')})", g(r, "acc", ".3f"),
+                      g(r, "answer_ce", ".2f"), g(r, "kl", ".3f"), g(r, "retention", ".2f"), g(r, "decode_tok_s", ".0f"),
+                      g(r, "mb", ".0f")] for r in build["candidates"]],
+                    ["candidate", "output", "valid", "knowledge acc", "answer CE", "KL to dense", "retention",
+                     "host decode tok/s", "MB"]))
+
+
 def rewrite() -> None:
     """Recompute the tables of an existing gemma3.json (and the dense model's generation count, one
     dense reference pass) without re-running the measurements."""
@@ -72,6 +87,8 @@ def rewrite() -> None:
         ref = dense_reference(lm.model, lm.tokenizer, ev)
         data["dense"]["generation"] = {"questions_asked": ref.asked, "dense_correct": len(ref.questions)}
     data["pruning_md"] = pruning_md(data["pruning"], data["dense"])
+    if data.get("build"):
+        data["build_md"] = build_table(data["build"])
     data.pop("benchmark", None)
     data.pop("machine", None)
     write_result("gemma3", data)
@@ -190,18 +207,7 @@ def main():
     fam_md = table([[f, f"{v['acc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", f"{v['chance']:.3f}",
                      "yes" if v["above_chance"] else "no"] for f, v in sorted(fam["families"].items())],
                    ["family", f"accuracy (n={args.per_family}) [95% CI]", "chance", "above chance"])
-    build_md = None
-    if build:
-        def g(r, k, spec):
-            return "—" if r.get(k) is None else format(r[k], spec)
-
-        build_md = (f"`cap-edge build --device cpu --model {MODEL}`: {build['seconds']:.0f} s; shipped per output: "
-                    + "; ".join(f"{o}: {sel.get('shipped')}" for o, sel in build["selection"].items()) + "\n\n"
-                    + table([[r["name"], r["output"], "yes" if r["valid"] else f"no ({r.get('invalid')})", g(r, "acc", ".3f"),
-                              g(r, "answer_ce", ".2f"), g(r, "kl", ".3f"), g(r, "retention", ".2f"), g(r, "decode_tok_s", ".0f"),
-                              g(r, "mb", ".0f")] for r in build["candidates"]],
-                            ["candidate", "output", "valid", "knowledge acc", "answer CE", "KL to dense", "retention",
-                             "host decode tok/s", "MB"]))
+    build_md = build_table(build) if build else None
     write_result("gemma3", {"model": MODEL, "families": fam["families"], "above_chance": above, "eval_seconds": eval_s,
                             "head_scores": {"seconds": head_s, "heads": sum(len(v) for v in heads["layers"].values()), "mode": "exact", "problems": 32},
                             "dense": dense_info,

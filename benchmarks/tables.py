@@ -184,6 +184,14 @@ def structured(r: dict) -> str:
     return out
 
 
+def gemma3(r: dict) -> str:
+    h = r["head_scores"]
+    lead = (f"Dense evaluation ({sum(f['n'] for f in r['families'].values())} problems) {r['eval_seconds']:.0f} s; "
+            f"{h['mode']} head scores for {h['heads']} heads over {h['problems']} problems {h['seconds']:.0f} s (2 cores)."
+            + (f" {r['note']}" if r.get("note") else ""))
+    return lead + "\n\n" + stored("families_md", "pruning_md", "exports_md", "build_md")(r)
+
+
 def robustness(r: dict) -> str:
     s = r["summary"]
     return (f"{s['probes']} probes: {s['as_expected']} as expected, **{s['silent_wrong']} silently wrong, "
@@ -204,7 +212,7 @@ SECTIONS = [
     ("GPU check", "gpu_check", lambda r: "```\n" + json.dumps({k: v for k, v in r.items() if k in ("cuda", "device", "scoring",
                                                                                                    "evaluation", "prune")},
                                                            indent=1) + "\n```"),
-    ("Gemma 3 270M", "gemma3", stored("families_md", "pruning_md", "exports_md", "build_md")),
+    ("Gemma 3 270M", "gemma3", gemma3),
     ("Structured pruning (measured at an earlier commit, see source)", "structured", structured),
     ("Refit damping", "refit_damp", stored("table_md")),
     ("Static QDQ for NPUs", "static_qdq", stored("table_md")),
