@@ -193,8 +193,8 @@ def main():
         print(erows[-1], flush=True)
         save(exports={**done.get("exports", {}), f"{fmt}:{prec}": exports[-1]})
     export_md = table(erows, ["artifact", "valid", "mean KL", "top-1 (decisive)", "greedy 32 = PyTorch", "note"])
-    build = None
-    if not args.skip_build:
+    build = done.get("build")
+    if build is None and not args.skip_build:
         from cap_edge.deploy.build import build as run_build
         from device_profiles import load_profile
 
@@ -204,6 +204,7 @@ def main():
         build = {"seconds": time.perf_counter() - t, "selection": m["selection"], "report": "runs/gemma3-build/report.md",
                  "candidates": [{k: r.get(k) for k in ("name", "output", "valid", "acc", "answer_ce", "kl", "retention",
                                                        "decode_tok_s", "mb", "invalid")} for r in m["candidates"]]}
+        save(build=build)
     fam_md = table([[f, f"{v['acc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]", f"{v['chance']:.3f}",
                      "yes" if v["above_chance"] else "no"] for f, v in sorted(fam["families"].items())],
                    ["family", f"accuracy (n={args.per_family}) [95% CI]", "chance", "above chance"])

@@ -31,7 +31,9 @@ class ArchSpec:
     v: str = "self_attn.v_proj"
     o: str = "self_attn.o_proj"  # its input is the per-head attention output, (B, T, nh*hd)
     input_norm: str = "input_layernorm"
-    post_attn_norm: str = "post_attention_layernorm"
+    post_attn_norm: str = "post_attention_layernorm"  # the MLP's input norm
+    attn_out_norm: str | None = None  # a norm on the attention output before the residual add (Gemma 3)
+    mlp_out_norm: str | None = None  # a norm on the MLP output before the residual add (Gemma 3)
     mlp: str = "mlp"
     gate: str = "mlp.gate_proj"
     up: str = "mlp.up_proj"
@@ -44,7 +46,8 @@ _LLAMA = ArchSpec()
 # pre/post-attention and pre/post-feed-forward norms (post_attention_layernorm normalises the
 # attention output; pre_feedforward_layernorm is the MLP's input norm), a scaled embedding,
 # GELU-tanh gated MLP, sliding-window layers with their own rotary table.
-_GEMMA3 = ArchSpec(rotary_local="model.rotary_emb_local", call="gemma3", post_attn_norm="pre_feedforward_layernorm")
+_GEMMA3 = ArchSpec(rotary_local="model.rotary_emb_local", call="gemma3", post_attn_norm="pre_feedforward_layernorm",
+                   attn_out_norm="post_attention_layernorm", mlp_out_norm="post_feedforward_layernorm")
 
 # model_type (from config.json) -> spec. Sources: transformers' modeling_llama.py,
 # modeling_mistral.py, modeling_qwen2.py and modeling_qwen3.py (4.57) name their modules

@@ -25,7 +25,6 @@ A layer left without heads has no cache inputs or outputs (except in ``padded``)
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -43,19 +42,34 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
+def _opt(layer, path: str | None):
+    return get_module(layer, path) if path else None
+
+
 class _Block(torch.nn.Module):
-    """One decoder layer with the attention written out (its modules shared with the model)."""
+    """One decoder layer with the attention written out (its modules shared with the model). What
+    differs by architecture comes from the table (``ArchSpec``) and from the attention module's own
+    attributes, as the model's forward reads them: ``scaling``, ``sliding_window``, ``is_sliding``
+    (Gemma 3: local rotary table), ``q_norm``/``k_norm`` (Gemma 3, Qwen3), ``attn_logit_softcapping``."""
 
     def __init__(self, layer, spec, nh: int, nkv: int, ff: int, hd: int, static: bool):
         super().__init__()
         self.nh, self.nkv, self.ff, self.hd, self.static = nh, nkv, ff, hd, static
+        attn = get_module(layer, spec.attn)
+        self.scaling = float(getattr(attn, "scaling", hd ** -0.5))
+        self.window = getattr(attn, "sliding_window", None)  # keys within this distance (HF: kv > q - window)
+        self.local = bool(spec.rotary_local and getattr(attn, "is_sliding", False))  # reads the local rotary table
+        self.softcap = getattr(attn, "attn_logit_softcapping", None)
         if nh > 0:
             self.input_norm = get_module(layer, spec.input_norm)
             self.q, self.k = get_module(layer, spec.q), get_module(layer, spec.k)
             self.v, self.o = get_module(layer, spec.v), get_module(layer, spec.o)
+            self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # over hd, per head
+            self.attn_out_norm = _opt(layer, spec.attn_out_norm)
         if ff > 0:
             self.post_norm = get_module(layer, spec.post_attn_norm)
             self.mlp = get_module(layer, spec.mlp)
+            self.mlp_out_norm = _opt(layer, spec.mlp_out_norm)
 
     def forward(self, h, cos, sin, mask, pk, pv, T):
         """mask (1, 1, T, S): 0/1 to multiply (static) or 0/-inf to add (dynamic)."""
@@ -66,6 +80,8 @@ class _Block(torch.nn.Module):
             q = self.q(x).view(1, T, nh, hd).transpose(1, 2)  # (1, nh, T, hd)
             k = self.k(x).view(1, T, nkv, hd).transpose(1, 2)  # (1, kv, T, hd)
             v = self.v(x).view(1, T, nkv, hd).transpose(1, 2)
+            if self.q_norm is not None:  # RMSNorm over hd, before RoPE
+                q, k = self.q_norm(q), self.k_norm(k)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
             K = torch.cat([pk, k], dim=2)  # (1, kv, S, hd)
             V = torch.cat([pv, v], dim=2)
@@ -75,7 +91,9 @@ class _Block(torch.nn.Module):
                 idx = torch.arange(nh, device=h.device) // r  # constant (nh,)
                 K = K.index_select(1, idx)  # (1, nh, S, hd)
                 V = V.index_select(1, idx)
-            att = (q.float() @ K.float().transpose(-1, -2)) / math.sqrt(hd)  # (1, nh, T, S)
+            att = (q.float() @ K.float().transpose(-1, -2)) * self.scaling  # (1, nh, T, S)
+            if self.softcap is not None:
+                att = torch.tanh(att / self.softcap) * self.softcap
             if self.static:
                 # Masked softmax by multiplication: an additive -inf (or -1e4) mask would make the
                 # quantizer's calibrated range of the scores useless; every tensor here stays
@@ -85,9 +103,11 @@ class _Block(torch.nn.Module):
             else:
                 att = torch.softmax(att + mask, dim=-1).to(V.dtype)
             y = (att @ V).transpose(1, 2).reshape(1, T, nh * hd)  # (1, T, nh*hd)
-            h = h + self.o(y)
+            a = self.o(y)  # (1, T, D)
+            h = h + (self.attn_out_norm(a) if self.attn_out_norm is not None else a)
         if self.ff > 0:
-            h = h + self.mlp(self.post_norm(h))
+            m = self.mlp(self.post_norm(h))  # (1, T, D)
+            h = h + (self.mlp_out_norm(m) if self.mlp_out_norm is not None else m)
         return h, kv
 
 
@@ -97,12 +117,6 @@ class KVGraph(torch.nn.Module):
         if layout not in ("dynamic", "static", "padded"):
             raise ExportError(f"KV graph layout: expected dynamic, static or padded, got {layout!r}")
         spec = arch_for(model)
-        first = get_module(get_module(model, spec.layers)[0], spec.attn)
-        if spec.call != "llama" or hasattr(first, "q_norm"):
-            raise ExportError(f"the explicit-cache ONNX graph writes Llama-style attention (no q/k norms, one rotary "
-                              f"table); {model.config.model_type!r} needs its own (structurally pruned or fixed-shape "
-                              f"{model.config.model_type} ONNX is not supported; export the dense/unstructured model, "
-                              f"which optimum handles)")
         self.layout = layout
         self.spec = spec
         self.embed = get_module(model, spec.embed)
@@ -113,11 +127,20 @@ class KVGraph(torch.nn.Module):
         self.tied = self.lm_head.weight is self.embed.weight
         if self.tied:
             self.table_t = torch.nn.Parameter(self.embed.weight.detach().t().contiguous(), requires_grad=False)  # (D, V)
-        rotary = get_module(model, spec.rotary)
-        if getattr(rotary, "rope_type", "default") == "dynamic":
-            raise ExportError("dynamic RoPE scaling changes with the sequence length; the KV graph exports fixed RoPE only")
-        self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
-        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        # Gemma 3 scales the looked-up embedding by sqrt(hidden) inside its embedding module
+        scale = getattr(self.embed, "embed_scale", None)
+        self.embed_scale = None if scale is None else float(scale)
+        self.final_softcap = getattr(model.config, "final_logit_softcapping", None)
+        ropes = []  # [global] or [global, local]: (inv_freq (hd/2,), attention scaling)
+        for path in (spec.rotary, spec.rotary_local):
+            if path is None:
+                continue
+            rotary = get_module(model, path)
+            if getattr(rotary, "rope_type", "default") == "dynamic":
+                raise ExportError("dynamic RoPE scaling changes with the sequence length; the KV graph exports fixed RoPE only")
+            self.register_buffer(f"inv_freq{len(ropes)}", rotary.inv_freq.detach().float().clone(), persistent=False)
+            ropes.append(float(getattr(rotary, "attention_scaling", 1.0)))
+        self.rope_scales = ropes
         layers = get_module(model, spec.layers)
         self.sizes = layer_sizes(model.config)
         self.hd = head_geometry(model.config).head_dim
@@ -144,24 +167,34 @@ class KVGraph(torch.nn.Module):
         T = self.static[0] if self.static else input_ids.shape[1]
         if self.tied:
             h = self.table_t.index_select(1, input_ids[0]).t()[None]  # (1, T, D)
+            if self.embed_scale is not None:
+                h = h * self.embed_scale
         else:
-            h = self.embed(input_ids)  # (1, T, D)
-        freqs = position_ids[0].float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
-        cos = (emb.cos() * self.rope_scale)[None, None].to(h.dtype)  # (1, 1, T, hd)
-        sin = (emb.sin() * self.rope_scale)[None, None].to(h.dtype)
+            h = self.embed(input_ids)  # (1, T, D), scaled by the module itself where it scales
+        tables = []  # per rotary table: cos, sin (1, 1, T, hd)
+        for i, scale in enumerate(self.rope_scales):
+            freqs = position_ids[0].float()[:, None] * getattr(self, f"inv_freq{i}")[None, :]  # (T, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+            tables.append(((emb.cos() * scale)[None, None].to(h.dtype), (emb.sin() * scale)[None, None].to(h.dtype)))
         S = sum(self.static) if self.static else attention_mask.shape[1]  # P + T keys
         P = S - T
-        key_pos = torch.arange(S, device=h.device)[None, :]  # (1, S)
-        query_pos = P + torch.arange(T, device=h.device)[:, None]  # (T, 1)
+        # positions, not slot indices: cache slot i holds position i (both drivers fill the cache in
+        # order) and the new tokens sit at position_ids; the sliding window needs true distances
+        key_pos = torch.cat([torch.arange(P, device=h.device), position_ids[0]])[None, :]  # (1, S)
+        query_pos = position_ids[0][:, None]  # (T, 1)
         allowed = (key_pos <= query_pos) & (attention_mask[0][None, :] > 0)  # (T, S): causal and valid
-        if self.static:
-            mask = allowed.float()[None, None]  # (1, 1, T, S), multiplied inside the softmax
-        else:
-            mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, S), added
+        masks = {}  # per sliding window (None: full attention): (1, 1, T, S)
+        for w in {b.window for b in self.blocks}:
+            ok = allowed if w is None else allowed & (key_pos > query_pos - w)
+            if self.static:
+                masks[w] = ok.float()[None, None]  # multiplied inside the softmax
+            else:
+                masks[w] = torch.where(ok, 0.0, torch.finfo(torch.float32).min)[None, None]  # added
         outputs = []
         it = iter(past)
         for block in self.blocks:
+            cos, sin = tables[1 if block.local else 0]
+            mask = masks[block.window]
             if self.layout == "padded":
                 pk, pv = next(it), next(it)  # (1, kv_max, P, hd)
                 if block.nh == 0:  # no attention: the cache only grows by T empty slots
@@ -182,6 +215,8 @@ class KVGraph(torch.nn.Module):
             logits = self.norm(h) @ self.table_t  # (1, T, V)
         else:
             logits = self.lm_head(self.norm(h))  # (1, T, V)
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return (logits, *outputs)
 
     def dummy_inputs(self, T: int, past_len: int) -> tuple:
@@ -203,10 +238,6 @@ def export_kv_graph(model, path, layout: str = "dynamic", tokens: int = 1, cache
     import warnings
 
     graph = KVGraph(model.float().eval(), layout, tokens, cache).eval()
-    # the ONNX scaled-attention check (scaling) is HF's default: 1/sqrt(head_dim)
-    attn = get_module(get_module(model, graph.spec.layers)[graph.attn_layers[0]], graph.spec.attn) if graph.attn_layers else None
-    if attn is not None and abs(getattr(attn, "scaling", 1 / math.sqrt(graph.hd)) - 1 / math.sqrt(graph.hd)) > 1e-9:
-        raise ExportError(f"attention scaling {attn.scaling} is not 1/sqrt(head_dim); the KV graph does not support it")
     ins, outs = graph.io_names()
     args = graph.dummy_inputs(tokens if layout == "static" else 3, cache if layout == "static" else 2)
     dyn = None

@@ -105,6 +105,40 @@ def test_structured_surgery_saves_reloads_and_exports(arch, tokenizer, tmp_path)
     dense = save_pruned(tiny(arch), tokenizer, tmp_path / "dense", {"method": "none", "pattern": "dense", "achieved_sparsity": 0})
     art = export_artifact(dense, "onnx", "fp32", tmp_path / "onnx")
     assert art.valid and art.validation["greedy_equal"]
+    # per-layer head counts and widths: the explicit-cache graph, validated against PyTorch like every export
+    art = export_artifact(d, "onnx", "fp32", tmp_path / "st-onnx")
+    assert art.valid and art.validation["greedy_equal"]
+    art = export_artifact(d, "onnx-static", "fp32", tmp_path / "st-static")  # fixed shapes (NPUs), same graph
+    assert art.valid
+
+
+@pytest.mark.parametrize("arch", ["llama"] + ARCHS)
+def test_kv_graph_equals_the_model_through_a_cache_past_the_sliding_window(arch):
+    """The explicit-cache graph (structured and fixed-shape ONNX) computes the model's own logits:
+    q/k norms, four norms per layer, scaled embedding, local and global rotary tables, and a
+    sliding window (16 for the tiny Gemma 3) shorter than the 24 tokens, 20 of them from the cache."""
+    from exporters.onnx_kv import KVGraph
+
+    model = tiny(arch) if arch != "llama" else _tiny_llama()
+    torch.manual_seed(1)
+    ids = torch.randint(4, VOCAB_SIZE, (1, 24))
+    with torch.no_grad():
+        ref = model(ids).logits  # (1, 24, V)
+        g = KVGraph(model, "dynamic").eval()
+        empty = [t[:, :, :0] for t in g.dummy_inputs(1, 1)[3:]]  # (1, kv, 0, hd) per cache input
+        first = g(ids[:, :20], torch.arange(20)[None], torch.ones(1, 20, dtype=torch.long), *empty)
+        second = g(ids[:, 20:], torch.arange(20, 24)[None], torch.ones(1, 24, dtype=torch.long), *first[1:])
+    got = torch.cat([first[0], second[0]], dim=1)
+    assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
+
+
+def _tiny_llama():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return AutoModelForCausalLM.from_config(cfg).eval()
 
 
 def test_phi3_fused_projections_are_refused_by_name(tokenizer):

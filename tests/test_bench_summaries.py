@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def structured(monkeypatch):
+def draws(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    return importlib.import_module("structured")
+    return importlib.import_module("structured_draws")
 
 
 def _run(draw, name, method, acc, kacc):
@@ -21,7 +21,7 @@ def _run(draw, name, method, acc, kacc):
             "answer_ce": 3.0, "knowledge": {"acc": kacc, "answer_ce": 4.0}}
 
 
-def test_structured_draws_separate_only_non_overlapping_ranges(structured):
+def test_structured_draws_separate_only_non_overlapping_ranges(draws):
     from _common import spread
 
     runs = [_run(0, "cap-20", "cap", 0.40, 0.50), _run(0, "magnitude-20", "magnitude", 0.38, 0.40),
@@ -29,7 +29,7 @@ def test_structured_draws_separate_only_non_overlapping_ranges(structured):
     hits = {f"{n}@{d}": {"knowledge": "1100", "suite": "10"} for n in ("cap-20", "magnitude-20") for d in (0, 1)}
     hits["magnitude-20@1"] = {"knowledge": "0100", "suite": "10"}
     data = {"draws": {"runs": runs, "hits": hits}}
-    structured.summarise_draws(data, spread, statistics)
+    draws.summarise_draws(data, spread, statistics)
     d = data["draws"]
     assert d["draws"] == [0, 1]
     (cmp,) = d["comparisons"]
