@@ -50,10 +50,13 @@ def families(r: dict) -> str:
 def speed(r: dict) -> str:
     e, s, b = r["evaluation"], r["scoring"], r.get("readme_build")
     out = [f"Evaluation, {e['problems']} problems ({e['requests']} requests): sequential {e['sequential_problems_per_s']:.2f} "
-           f"problems/s, batched {e['batched_problems_per_s']:.2f} (**{e['speedup']:.2f}x**), max |Δ log-likelihood| "
-           f"{e['max_abs_loglik_diff']:.1e}.", "",
+           f"problems/s, batched {e['batched_problems_per_s']:.2f} (**{e['speedup']:.2f}x**"
+           + (f", median of {len(e['round_speedups'])} interleaved rounds: " + ", ".join(f"{x:.2f}x" for x in e["round_speedups"])
+              if e.get("round_speedups") else "") + f"), max |Δ log-likelihood| {e['max_abs_loglik_diff']:.1e}.", "",
            f"CAP scoring, {s['problems']} problems, {s['heads']} heads, max |exact − naive| {s['max_abs_diff_exact_vs_naive']:.1e}:", "",
            r["scoring_md"]]
+    if b and r.get("readme_build_date"):
+        out += ["", f"The README build below was measured separately ({r['readme_build_command']}, {r['readme_build_date']})."]
     if b:
         out += ["", f"README main command ({b['command']}): **{b['wall_seconds']:.0f} s** wall, scoring {b['scoring_mode']}, "
                 f"{b['candidates']} candidates; stages (s): " + ", ".join(f"{k} {v}" for k, v in b["stages"].items())]
@@ -267,7 +270,7 @@ def glance() -> str:
                          f"paired McNemar per draw (the better one, p): {ps}", "`structured.json`"])
     if s:
         e, sc = s["evaluation"], s["scoring"]["modes"]
-        rows.append(["evaluation throughput", f"{e['speedup']:.1f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",
+        rows.append(["evaluation throughput", f"{e['speedup']:.2f}x the sequential path", f"max Δ loglik {e['max_abs_loglik_diff']:.0e}",
                      "`speed.json`"])
         rows.append(["CAP scoring", f"exact {sc['exact']['speedup_vs_naive']:.1f}x naive, hybrid {sc['hybrid']['speedup_vs_naive']:.1f}x",
                      f"hybrid Spearman {sc['hybrid']['spearman_vs_exact']:.3f}", "`speed.json`"])
