@@ -33,3 +33,8 @@ def spread(vals: list[float]) -> dict:
     """Mean, range and standard deviation of one measure over repeated runs (calibration draws)."""
     return {"mean": statistics.mean(vals), "min": min(vals), "max": max(vals),
             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+
+
+def beyond_spread(a: dict, b: dict) -> bool:
+    """Two ``spread`` results differ by more than the calibration noise: their ranges do not overlap."""
+    return a["max"] < b["min"] or b["max"] < a["min"]

@@ -142,14 +142,13 @@ def main():
     ref = dense_reference(lm.model, tok, ev)
     dense = score_torch(lm.model, tok, ev, ref)
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    rows, prunes = [], []
+    prunes = []
     for pattern, sp in SETTINGS:
         for m in METHODS:
             key = f"{m}/{pattern}/{sp}"
             r = done.get("pruning", {}).get(key)
             if r is not None:
                 prunes.append(r)
-                rows.append(prune_row(r))
                 continue
             lm.model.load_state_dict(original)
             cpu = time.process_time()  # CPU seconds: wall time would count whatever else shares the host
@@ -162,14 +161,13 @@ def main():
                  "answer_ce": s["suite"]["answer_ce"], "kl": s["fidelity"]["kl_mean"], "ppl": s["fidelity"]["ppl"],
                  "retention": s["fidelity"]["retention"]["share"]}
             prunes.append(r)
-            rows.append(prune_row(r))
-            print(rows[-1], flush=True)
+            print(prune_row(r), flush=True)
             save(pruning={**done.get("pruning", {}), key: r})
     lm.model.load_state_dict(original)
     dense_info = {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                   "generation": {"questions_asked": ref.asked, "dense_correct": len(ref.questions)}}
     prune_md = pruning_md(prunes, dense_info)
-    exports, erows = [], []
+    exports = []
     from cap_edge.deploy.export import export_artifact
     from cap_edge.errors import ValidationError
 
@@ -177,7 +175,6 @@ def main():
         e = done.get("exports", {}).get(f"{fmt}:{prec}")
         if e is not None:
             exports.append(e)
-            erows.append(export_row(e))
             continue
         t = time.perf_counter()
         try:
@@ -189,10 +186,9 @@ def main():
             v, ok, why = {}, None, str(e)
         exports.append({"format": fmt, "precision": prec, "valid": ok, "validation": v, "reason": why,
                         "seconds": time.perf_counter() - t})
-        erows.append(export_row(exports[-1]))
-        print(erows[-1], flush=True)
+        print(export_row(exports[-1]), flush=True)
         save(exports={**done.get("exports", {}), f"{fmt}:{prec}": exports[-1]})
-    export_md = table(erows, ["artifact", "valid", "mean KL", "top-1 (decisive)", "greedy 32 = PyTorch", "note"])
+    export_md = table([export_row(e) for e in exports], ["artifact", "valid", "mean KL", "top-1 (decisive)", "greedy 32 = PyTorch", "note"])
     build = done.get("build")
     if build is None and not args.skip_build:
         from cap_edge.deploy.build import build as run_build

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from _common import table, write_result
+from _common import beyond_spread, spread, table, write_result
 from cap_edge.backend import TorchBackend
 from cap_edge.config import PruneConfig, ScoreConfig, replace
 from cap_edge.evaluate import evaluate, mcnemar
@@ -53,9 +53,8 @@ def select(level: float, heads, channels, batch, cfg, hits: dict, ev, kev, suffi
 def add_draws(args) -> None:
     """Repeat the selections on other calibration draws (accuracy only) and summarise the spread."""
     import json
-    import statistics
 
-    from _common import RESULTS, spread
+    from _common import RESULTS
 
     data = json.loads((RESULTS / "structured.json").read_text())
     cmd = data["command"]
@@ -92,7 +91,7 @@ def add_draws(args) -> None:
                       f"{r['knowledge']['acc']:.3f}", flush=True)
         store["hits"].update({k: {s: "".join("1" if x else "0" for x in v) for s, v in h.items()} for k, h in hits.items()})
         store.setdefault("seconds", {})[str(d)] = time.perf_counter() - t
-        summarise_draws(data, spread, statistics)
+        summarise_draws(data)
         data.pop("benchmark", None)
         data.pop("machine", None)
         store["command"] = "python benchmarks/structured.py --add-draws " + " ".join(
@@ -100,7 +99,7 @@ def add_draws(args) -> None:
         write_result("structured", data)  # after every draw: a stopped run keeps what it measured
 
 
-def summarise_draws(data: dict, spread, statistics) -> None:
+def summarise_draws(data: dict) -> None:
     """Per row: mean and range over draws; per level: CAP vs magnitude per draw (McNemar) and whether
     the knowledge-accuracy difference is larger than the spread (ranges over draws do not overlap)."""
     store = data["draws"]
@@ -125,7 +124,7 @@ def summarise_draws(data: dict, spread, statistics) -> None:
         for key in ("knowledge_acc", "acc"):
             hi, lo = (c, m) if c[key]["mean"] >= m[key]["mean"] else (m, c)
             verdict[key] = {"higher": hi["method"], "delta": hi[key]["mean"] - lo[key]["mean"],
-                            "separated": hi[key]["min"] > lo[key]["max"]}
+                            "separated": beyond_spread(hi[key], lo[key])}
         comparisons.append({"level": level, "mcnemar_per_draw": per_draw, "verdict": verdict})
     for s in summary:
         rows.append([s["name"], s["draws"],

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from _common import beyond_spread
+
 HERE = Path(__file__).resolve().parent
 RESULTS, ROOT = HERE / "results", HERE.parent
 DOC, README = ROOT / "docs" / "results.md", ROOT / "README.md"
@@ -110,7 +112,7 @@ def separations(level: dict, key: str = "answer_ce") -> list[dict]:
         for b in rows[i + 1:]:
             lo, hi = (a, b) if a[key]["mean"] <= b[key]["mean"] else (b, a)
             out.append({"lower": lo["method"], "higher": hi["method"], "delta": hi[key]["mean"] - lo[key]["mean"],
-                        "separated": lo[key]["max"] < hi[key]["min"]})
+                        "separated": beyond_spread(lo[key], hi[key])})
     return out
 
 

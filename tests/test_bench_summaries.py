@@ -2,7 +2,6 @@
 only when the two rows' ranges over the draws do not overlap."""
 
 import importlib
-import statistics
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,12 @@ def _run(draw, name, method, acc, kacc):
 
 
 def test_structured_draws_separate_only_non_overlapping_ranges(draws):
-    from _common import spread
-
     runs = [_run(0, "cap-20", "cap", 0.40, 0.50), _run(0, "magnitude-20", "magnitude", 0.38, 0.40),
             _run(1, "cap-20", "cap", 0.36, 0.55), _run(1, "magnitude-20", "magnitude", 0.39, 0.45)]
     hits = {f"{n}@{d}": {"knowledge": "1100", "suite": "10"} for n in ("cap-20", "magnitude-20") for d in (0, 1)}
     hits["magnitude-20@1"] = {"knowledge": "0100", "suite": "10"}
     data = {"draws": {"runs": runs, "hits": hits}}
-    draws.summarise_draws(data, spread, statistics)
+    draws.summarise_draws(data)
     d = data["draws"]
     assert d["draws"] == [0, 1]
     (cmp,) = d["comparisons"]

@@ -8,6 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tables():
+    import sys
+
+    if str(ROOT / "benchmarks") not in sys.path:  # as `python benchmarks/tables.py` has it: the scripts' _common
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("tables", ROOT / "benchmarks" / "tables.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
