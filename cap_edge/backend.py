@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batching import length_batches, shared_prefix
+from .batching import TokenTrie, length_batches, shared_prefix
 
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
@@ -18,8 +18,9 @@ Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 class TorchBackend:
     """Batched scoring with right padding (causal attention never sees the pads to the right)."""
 
-    def __init__(self, model, tokenizer, max_batch_tokens: int = 2048, progress: bool = True):
+    def __init__(self, model, tokenizer, max_batch_tokens: int = 2048, progress: bool = True, tree_nodes: int = 256):
         self.model = model
+        self.tree_nodes = tree_nodes  # packed-trie row length: longer rows share more, attention grows as its square
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
         self.progress = progress
@@ -34,81 +35,94 @@ class TorchBackend:
 
     @torch.inference_mode()
     def loglik(self, requests: Sequence[Request]) -> list[float]:
-        """Sum log p(continuation | context) per request, batched:
+        """Sum log p(continuation | context) per request, with every shared token computed once:
 
-        * the distinct contexts (one per problem: its choices share it) run together, length-sorted
-          and right-padded (causal attention never lets a real token see a pad to its right);
-        * the prefix every context of a batch shares (the chat template's system turn) runs once
-          and its KV cache is copied to every row;
-        * the vocabulary projection runs only where a token is scored (the last context position
-          and the continuation positions), not at every context position;
-        * every continuation of a context reads that context's KV cache (rows selected from the
-          batch's cache), with the pad slots masked and explicit positions.
-        Equal to ``loglik_sequential`` within float round-off (tested to 1e-4)."""
+        * the prefix all contexts share (the chat template's system turn) runs once per batch and
+          its KV cache is copied to every row;
+        * the rest of every request (context + continuation but its last token) is merged into a
+          token trie, packed into rows of about ``tree_nodes`` nodes (contexts sorted so that
+          neighbours share their question templates), and each row runs as one sequence under a
+          tree attention mask: a node sees the prefix, its ancestors and itself, at the position it
+          has in its own sequence. A problem's choices read one copy of its context; two choices
+          that start with the same tokens share them too; there is no padding inside a row;
+        * the vocabulary projection runs once per distinct scored node, not at every position.
+        Equal to ``loglik_sequential`` within float round-off (tested to 1e-4). Models whose masks
+        cannot take the tree (a sliding window shorter than a request, flash kernels) take the
+        sequential path."""
+        if not requests:
+            return []
+        if not self._tree_ok(max(len(c) + len(x) for c, x in requests)):
+            return self.loglik_sequential(requests)
         head = self.model.get_output_embeddings()
         decoder = self.model.get_decoder()
         dev = self.device
+        dtype = self.model.get_input_embeddings().weight.dtype
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (ctx, _) in enumerate(requests):
             groups[tuple(ctx)].append(i)
-        ctxs = sorted(groups, key=len)
+        P = shared_prefix(list(groups))  # < the shortest context: every context keeps its last token
+        # rows of the packed tree: (trie, [(request, node of each of its tokens after the prefix)])
+        chunks: list[tuple[TokenTrie, list[tuple[int, list[int]]]]] = []
+        for ctx in sorted(groups):  # lexicographic: problems of one template are neighbours
+            conts = [requests[i][1] for i in groups[ctx]]
+            if not chunks or (len(chunks[-1][0]) and len(chunks[-1][0]) + chunks[-1][0].new_nodes(ctx[P:])
+                              + sum(len(c) - 1 for c in conts) > self.tree_nodes):
+                chunks.append((TokenTrie(), []))
+            trie, members = chunks[-1]
+            for i, c in zip(groups[ctx], conts):
+                members.append((i, trie.add(ctx[P:] + tuple(c[:-1]))))
         out = [0.0] * len(requests)
         bar = tqdm(total=len(requests), desc="loglik", disable=not self.progress, leave=False)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # sorted contexts in batches with under 5% padding: pads are compute spent on nothing
-        for batch in length_batches(list(range(len(ctxs))), [len(c) for c in ctxs], self.max_batch_tokens, max_pad=0.05):
-            rows = [ctxs[b] for b in batch]
-            B, T = len(rows), len(rows[-1])  # sorted: the last is the longest
-            P = shared_prefix(rows)  # < the shortest context: every row keeps a token to read its answer from
-            lens = torch.tensor([len(c) for c in rows], device=dev)
-            ids = torch.full((B, T - P), pad, dtype=torch.long)
-            for r, c in enumerate(rows):
-                ids[r, : len(c) - P] = torch.tensor(c[P:])
-            cmask = (torch.arange(T, device=dev)[None] < lens[:, None]).long()  # (B, T), prefix included
+        sizes = [len(t) for t, _ in chunks]
+        order = sorted(range(len(chunks)), key=lambda c: sizes[c])
+        for batch in length_batches(order, sizes, self.max_batch_tokens, max_pad=0.10):
+            B, n = len(batch), max(sizes[c] for c in batch)
+            ids = torch.full((B, n), pad, dtype=torch.long)
+            pos = torch.full((B, n), P, dtype=torch.long)
+            allowed = torch.zeros(B, 1, n, P + n, dtype=torch.bool)  # (B, 1, n, P + n): query node x key
+            allowed[..., :P] = True  # every node sees the shared prefix
+            allowed[:, 0, torch.arange(n), P + torch.arange(n)] = True  # and itself (pads only themselves)
+            rows, nodes, tgts, reqs = [], [], [], []
+            for r, c in enumerate(batch):
+                trie, members = chunks[c]
+                k = len(trie)
+                ids[r, :k] = torch.tensor(trie.tokens)
+                pos[r, :k] = P + torch.tensor(trie.depth)
+                allowed[r, 0, :k, P: P + k] = trie.ancestor_mask()
+                for i, seq_nodes in members:
+                    ctx, cont = requests[i]
+                    for j, t in enumerate(cont):  # the node of token len(ctx)-1+j predicts cont[j]
+                        rows.append(r)
+                        nodes.append(seq_nodes[len(ctx) - 1 + j - P])
+                        tgts.append(t)
+                        reqs.append(i)
+            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
             cache = None
             if P:
-                cache = decoder(input_ids=torch.tensor([rows[0][:P]], device=dev), use_cache=True).past_key_values
+                cache = decoder(input_ids=torch.tensor([list(next(iter(groups))[:P])], device=dev), use_cache=True).past_key_values
                 cache.batch_repeat_interleave(B)  # (B, ...) the same prefix for every row
-            pos = torch.arange(P, T, device=dev)[None].expand(B, -1)
-            res = decoder(input_ids=ids.to(dev), attention_mask=cmask, position_ids=pos, past_key_values=cache,
-                          use_cache=True)
-            last = res.last_hidden_state[torch.arange(B, device=dev), lens - 1 - P]  # (B, D): predicts each cont[0]
-            first = F.log_softmax(head(last).float(), dim=-1)  # (B, V)
-            longer = []  # (ctx row, request) whose continuation has more than one token
-            for r, c in enumerate(rows):
-                for i in groups[c]:
-                    cont = requests[i][1]
-                    out[i] = first[r, cont[0]].item()
-                    if len(cont) > 1:
-                        longer.append((r, i))
-            if longer:
-                R, Lc = len(longer), max(len(requests[i][1]) - 1 for _, i in longer)
-                sel = torch.tensor([r for r, _ in longer], device=dev)
-                cache = res.past_key_values
-                cache.batch_select_indices(sel)  # (R, ...) rows of the context cache, repeated per continuation
-                cids = torch.full((R, Lc), pad, dtype=torch.long)
-                mask = torch.zeros(R, T + Lc, dtype=torch.long)
-                for k, (r, i) in enumerate(longer):
-                    cont = requests[i][1][:-1]
-                    cids[k, : len(cont)] = torch.tensor(cont)
-                    mask[k, : len(rows[r])] = 1
-                    mask[k, T: T + len(cont)] = 1
-                pos = lens[sel][:, None] + torch.arange(Lc, device=dev)[None]  # (R, Lc): right after each context
-                hid = decoder(input_ids=cids.to(dev), attention_mask=mask.to(dev), position_ids=pos,
-                              past_key_values=cache, use_cache=True).last_hidden_state  # (R, Lc, D)
-                # every scored position of every continuation through the vocabulary at once: one
-                # matrix product instead of a weight-bound matrix-vector product per request
-                k_idx = [k for k, (_, i) in enumerate(longer) for _ in requests[i][1][1:]]
-                j_idx = [j for _, i in longer for j in range(len(requests[i][1]) - 1)]
-                tgt = torch.tensor([t for _, i in longer for t in requests[i][1][1:]], device=dev)
-                logp = F.log_softmax(head(hid[k_idx, j_idx]).float(), dim=-1).gather(1, tgt[:, None])[:, 0]  # (S,)
-                sums = torch.zeros(R, dtype=torch.float64, device=dev).index_add_(
-                    0, torch.tensor(k_idx, device=dev), logp.double())
-                for k, (_, i) in enumerate(longer):
-                    out[i] += sums[k].item()
-            bar.update(sum(len(groups[c]) for c in rows))
+            hid = decoder(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                          past_key_values=cache, use_cache=cache is not None).last_hidden_state  # (B, n, D)
+            # each distinct scored node through the vocabulary once (a problem's choices share their first)
+            flat = torch.tensor(rows) * n + torch.tensor(nodes)  # (S,)
+            uniq, inv = flat.unique(return_inverse=True)  # (U,), (S,)
+            logp = F.log_softmax(head(hid.reshape(B * n, -1)[uniq.to(dev)]).float(), dim=-1)  # (U, V)
+            tok_lp = logp[inv.to(dev), torch.tensor(tgts, device=dev)].double()  # (S,)
+            sums = torch.zeros(len(requests), dtype=torch.float64, device=dev).index_add_(
+                0, torch.tensor(reqs, device=dev), tok_lp)
+            for i in set(reqs):
+                out[i] = sums[i].item()
+            bar.update(sum(len(chunks[c][1]) for c in batch))
         bar.close()
         return out
+
+    def _tree_ok(self, longest: int) -> bool:
+        """Can ``loglik`` pass a custom 4D (tree) mask? Not to flash kernels, and not where a sliding
+        window shorter than a request would have to be folded into it."""
+        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        window = getattr(self.model.config, "sliding_window", None)
+        return impl in ("sdpa", "eager") and not (window and longest > window)
 
     @torch.inference_mode()
     def loglik_sequential(self, requests: Sequence[Request]) -> list[float]:

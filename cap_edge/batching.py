@@ -29,3 +29,55 @@ def shared_prefix(rows: list[tuple[int, ...]]) -> int:
         if any(r[i] != first[i] for r in rows):
             return i
     return max(n, 0)
+
+
+class TokenTrie:
+    """Token sequences merged into a prefix tree, nodes in insertion order (a parent before its
+    children): sequences that share a prefix compute it once when the nodes run as one packed
+    row under ``ancestor_mask`` (tree attention)."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.parent: list[int] = []  # -1: a root (its parent is whatever precedes the row, e.g. a KV cache)
+        self.depth: list[int] = []  # 0 for a root: the node's position within its sequence
+        self._child: dict[tuple[int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def new_nodes(self, seq) -> int:
+        """How many nodes ``add(seq)`` would create."""
+        node = -1
+        for i, t in enumerate(seq):
+            node = self._child.get((node, t), -2)
+            if node == -2:
+                return len(seq) - i
+        return 0
+
+    def add(self, seq) -> list[int]:
+        """Insert ``seq``; returns the node of each of its tokens."""
+        node, out = -1, []
+        for t in seq:
+            nxt = self._child.get((node, t))
+            if nxt is None:
+                nxt = len(self.tokens)
+                self._child[(node, t)] = nxt
+                self.tokens.append(t)
+                self.depth.append(self.depth[node] + 1 if node >= 0 else 0)
+                self.parent.append(node)
+            node = nxt
+            out.append(node)
+        return out
+
+    def ancestor_mask(self):
+        """(n, n) bool: [q, k] is True where node k is q or one of q's ancestors, i.e. exactly the
+        tokens q would attend to in its own sequence."""
+        import torch
+
+        n = len(self.tokens)
+        m = torch.zeros(n, n, dtype=torch.bool)
+        for q, p in enumerate(self.parent):
+            if p >= 0:
+                m[q] = m[p]
+            m[q, q] = True
+        return m

@@ -145,3 +145,20 @@ def test_phi3_fused_projections_are_refused_by_name(tokenizer):
     model = tiny("phi3")
     with pytest.raises(UnsupportedArchitectureError, match="fused qkv_proj"):
         head_geometry(model.config) and compute_scores(model, _batch(tokenizer), ScoreConfig(), progress=False)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tree_packed_loglik_equals_the_sequential_path(arch, tokenizer):
+    """Tree attention (``TorchBackend.loglik``) through each architecture's own mask handling: q/k
+    norms and Gemma's scaled embedding change nothing; a sliding window shorter than the requests
+    (the tiny Gemma 3's 16) cannot be folded into the tree mask, so that model takes the sequential path."""
+    from cap_edge.backend import TorchBackend
+    from cap_edge.prompts import encode_pair
+
+    model = tiny(arch)
+    reqs = [encode_pair(tokenizer, p, c) for p in load_split("embedded", "eval", 1) for c in p.choices]
+    be = TorchBackend(model, tokenizer, progress=False, tree_nodes=64)
+    assert be._tree_ok(max(len(c) + len(x) for c, x in reqs)) == (arch != "gemma3_text")
+    fast, ref = be.loglik(reqs), be.loglik_sequential(reqs)
+    assert max(abs(a - b) for a, b in zip(fast, ref)) <= 1e-4
+    assert len(set(fast)) > len(fast) // 2

@@ -147,3 +147,27 @@ def test_quality_measures_see_a_broken_model(tokenizer):
     assert bad["kl_mean"] > 0.05 and bad["kl_p99"] >= bad["kl_mean"] and bad["top1_agreement"] < 1.0
     assert bad["ppl"] != pytest.approx(ref.ppl) and set(bad["samples"]) == set(same["samples"])
     assert bad["retention"]["share"] < 1.0 and bad["retention"]["dense_correct"] == len(ref.questions)
+
+
+def test_token_trie_shares_prefixes_and_masks_ancestors():
+    from cap_edge.batching import TokenTrie
+
+    t = TokenTrie()
+    a = t.add((5, 6, 7))
+    assert t.new_nodes((5, 6, 8, 9)) == 2 and t.new_nodes((5, 6)) == 0
+    b = t.add((5, 6, 8, 9))
+    assert a[:2] == b[:2] and len(t) == 5 and t.depth == [0, 1, 2, 2, 3]
+    m = t.ancestor_mask()  # (5, 5)
+    assert m[b[-1]].tolist() == [True, True, False, True, True]  # 9 sees 5, 6, 8 and itself, not 7
+    assert m[a[-1]].tolist() == [True, True, True, False, False]
+    assert not m.triu(1).any()  # parents come first: never a later node
+
+
+def test_tree_loglik_handles_identical_and_single_token_requests(tokenizer, tiny_model):
+    be = TorchBackend(tiny_model, tokenizer, progress=False, tree_nodes=8)  # many rows, contexts split across them
+    ctx = tokenizer("Question: 2+2?\\nAnswer:")["input_ids"]
+    reqs = [(ctx, [40]), (ctx, [40]), (ctx, [40, 41, 42]), (ctx[:-1], [43]), (ctx + [44], [45, 46])]
+    fast, ref = be.loglik(reqs), be.loglik_sequential(reqs)
+    assert fast[0] == fast[1]
+    assert max(abs(a - b) for a, b in zip(fast, ref)) <= 1e-4
+    assert be.loglik([]) == []
