@@ -64,7 +64,7 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
             "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],
             "kl_p99": s["fidelity"]["kl_p99"], "top1": s["fidelity"]["top1_agreement"], "ppl": s["fidelity"]["ppl"],
             "retention": s["fidelity"]["retention"]["share"], "hits": s["hits"],
-            "allocation": rep.get("allocation"),
+            "allocation": rep.get("allocation"), "dense_blocks": rep.get("dense_blocks"),
             "rank_deficient_inputs": sum(not v["full_rank"] for r in ranks for v in r.values()) if ranks else None,
             "rank": [{k: v["rank"] for k, v in r.items()} for r in ranks] if ranks else None}
 

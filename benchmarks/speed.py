@@ -141,7 +141,7 @@ def main():
         write_result("speed", {"evaluation": ev, "scoring": sc, "scoring_md": md, **kept,
                                "previous_rest": old.get("previous_rest", []) + [{"evaluation": old["evaluation"],
                                                                                  "scoring_md": old["scoring_md"],
-                                                                                 **old.get("rest_measured", {})}]})
+                                                                                 **old.get("rest_measured", {k: old[k] for k in ("machine", "command", "commit")})}]})
         return
     build = readme_build()
     print(build, flush=True)

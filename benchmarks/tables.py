@@ -179,6 +179,20 @@ def hybrid_bound(r: dict) -> str:
             + r["table_md"])
 
 
+def mixed_nm(r: dict) -> str:
+    lines = []
+    for other, t in r["cap_choice_vs"].items():
+        ps = ", ".join(f"{'CAP' if m['a_only'] > m['b_only'] else 'control' if m['b_only'] > m['a_only'] else 'tie'} "
+                       f"p={m['p_value']:.2g}" for m in t["mcnemar_per_draw"])
+        lines.append(f"- CAP-chosen dense blocks vs {other}: answer CE {t['ce_gap']:+.3f} "
+                     f"({'beyond' if t['ce_beyond_spread'] else 'within'} the spread over {r['draws']} draws), "
+                     f"KL x{t['kl_ratio']:.2f}; knowledge McNemar per draw (ahead, p): {ps}")
+    blocks = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["dense_blocks"].items() if v)
+    return (f"{r['dense']:.0%} of the prunable parameters kept dense as whole blocks beside 2:4 (knowledge n="
+            f"{r['eval']['knowledge']}, suite n={r['eval']['suite']}).\n\n{r['table_md']}\n\n" + "\n".join(lines)
+            + f"\n\nDense blocks on draw 0: {blocks}.")
+
+
 def structured(r: dict) -> str:
     out = stored("table_md", "accuracy_md", "paired_md")(r)
     d = r.get("draws")
@@ -207,6 +221,7 @@ SECTIONS = [
     ("Embedded model accuracy (n=50 per family)", "embedded_eval", families),
     ("Prompt formats and the tokenizer", "prompt_formats", stored("table_md", "notes_md")),
     ("Pruning methods over calibration draws", "pruning", pruning),
+    ("Mixed dense / 2:4", "mixed_nm", mixed_nm),
     ("CAP-guided settings chosen on validation data", "guided_tuning", stored("table_md")),
     ("Build search, cpu profile", "pareto_cpu", pareto),
     ("Build search, jetson-orin profile", "pareto_jetson", pareto),
@@ -261,6 +276,14 @@ def glance() -> str:
                              f"{len(sep)} of {len(pairs)} method pairs (answer CE ranges over {p['draws']} draws do not overlap)",
                              "within the noise: " + (", ".join(f"{q['lower']} ~ {q['higher']}" for q in within) or "none"),
                              "`pruning.json`"])
+    mx = load("mixed_nm")
+    if mx:
+        cap_row = next(k for k in mx["summary"] if k.endswith("dense by cap"))
+        for other, t in mx["cap_choice_vs"].items():
+            rows.append([f"2:4 + {mx['dense']:.0%} dense blocks: CAP's choice vs {other}",
+                         f"answer CE {t['ce_gap']:+.3f} at effective sparsity {mx['summary'][cap_row]['effective_sparsity']:.3f}",
+                         f"{'beyond' if t['ce_beyond_spread'] else 'within'} the spread over {mx['draws']} draws, KL x{t['kl_ratio']:.2f}",
+                         "`mixed_nm.json`"])
     st = load("structured")
     if st and len((st.get("draws") or {}).get("draws", [])) > 1:
         for cp in st["draws"]["comparisons"]:

@@ -106,6 +106,12 @@ class PruneConfig:
     alloc_bound: float = 0.15  # each block's sparsity within target +/- bound
     token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
+    # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or
+    # MLP), chosen by ``nm_dense_by``: "cap" (the blocks with the largest CAP head/channel effect per
+    # parameter; CAP-guided methods) or "depth" (the earliest blocks; any method, a non-causal control).
+    # Effective sparsity (1 - share) x (1 - N/M) is what the report and check use.
+    nm_dense: float = 0.0
+    nm_dense_by: str = "cap"
     # structured only
     scope: str = "global"  # budget across all layers, or the same share from each layer
     min_heads: int = 1  # query heads every layer keeps (0 allows attention-free layers)
@@ -145,6 +151,12 @@ class PruneConfig:
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
                 raise ConfigError(f"{name}: expected a value in [0, {top}], got {v!r}")
+        if isinstance(self.nm_dense, bool) or not isinstance(self.nm_dense, (int, float)) or not 0 <= self.nm_dense < 1:
+            raise ConfigError(f"nm_dense: expected a share in [0, 1), got {self.nm_dense!r}")
+        if self.nm_dense and self.nm is None:
+            raise ConfigError(f"nm_dense keeps blocks dense beside an N:M pattern; got pattern {self.pattern!r}")
+        if self.nm_dense_by not in ("cap", "depth"):
+            raise ConfigError(f"nm_dense_by: expected cap or depth, got {self.nm_dense_by!r}")
         if not isinstance(self.dedup_prefix, bool):
             raise ConfigError(f"dedup_prefix: expected true or false, got {self.dedup_prefix!r}")
         if not 0 <= self.channel_refine <= 1:

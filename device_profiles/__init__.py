@@ -81,7 +81,8 @@ _RENAMED = {k: ' (formats and per-format precision lists became one list: output
 _NESTED = {"budget": BudgetConfig, "prune": PruneConfig, "export": ExportSpec, "runtime": RuntimeSpec, "hardware": HardwareSpec,
            "search": SearchConfig, "targets": TargetConfig}
 # PruneConfig fields a profile may set (the rest are algorithm internals)
-_PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern", "min_heads", "scope", "stats_problems", "channel_refine"),
+_PROFILE_FIELDS = {PruneConfig: ("method", "sparsity", "pattern", "min_heads", "scope", "stats_problems", "channel_refine",
+                                  "nm_dense", "nm_dense_by"),
                    BudgetConfig: ("problems", "tokens_per_problem", "seconds", "score_mode")}
 
 

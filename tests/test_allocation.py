@@ -7,7 +7,7 @@ import torch
 from cap_edge.config import PruneConfig, ScoreConfig
 from cap_edge.errors import ConfigError
 from cap_edge.pruning import prune_model
-from cap_edge.pruning.allocation import allocate, rank_normalise, shared_prefix_length, token_weights
+from cap_edge.pruning.allocation import allocate, dense_blocks, rank_normalise, shared_prefix_length, token_weights
 from cap_edge.scoring import build_calib_batch, compute_scores, score_channels
 from cap_edge.tasks import load_split
 
@@ -79,3 +79,51 @@ def test_guided_allocation_and_weights_change_the_result(tokenizer):
     assert rep["calibration_statistics"]["beta"] == 0.5 and rep["calibration_statistics"]["rank"][0]["down_proj"]["dim"] == 128
     with pytest.raises(ConfigError, match="needs CAP MLP channel scores"):
         prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda"), batch, heads, progress=False)
+
+
+def test_dense_blocks_take_the_most_important_that_fit_the_budget():
+    imp = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
+    sizes = torch.tensor([10.0, 30.0, 10.0, 20.0, 30.0])
+    assert dense_blocks(imp, sizes, 0.0).tolist() == [False] * 5
+    assert dense_blocks(imp, sizes, 0.3).tolist() == [False, True, False, False, False]  # 30 of 100
+    # 0.9 (30) then 0.7 (20) fill 50; 0.5 (10) still fits in 60, 0.3 (30) does not, 0.1 (10) does not
+    assert dense_blocks(imp, sizes, 0.6).tolist() == [False, True, True, True, False]
+    torch.manual_seed(0)
+    imp, sizes = torch.rand(40), torch.randint(1, 50, (40,)).double()
+    for budget in (0.05, 0.2, 0.5):
+        d = dense_blocks(imp, sizes, budget)
+        assert float(sizes[d].sum()) <= budget * float(sizes.sum())
+        # nothing left out is both more important and small enough to fit what was left
+        room = budget * float(sizes.sum()) - float(sizes[d].sum())
+        assert not ((~d) & (imp > imp[d].min()) & (sizes <= room)).any()
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        dense_blocks(imp, sizes, 1.0)
+
+
+@pytest.mark.parametrize("by,method", [("cap", "cap-sparsegpt"), ("depth", "sparsegpt")])
+def test_mixed_dense_and_2_4_reports_effective_sparsity(tokenizer, by, method):
+    batch, heads, chans = _setup(tokenizer)
+    model, ref = make_tiny_llama(), make_tiny_llama()
+    rep = prune_model(model, PruneConfig(method=method, pattern="2:4", nm_dense=0.3, nm_dense_by=by), batch, heads,
+                      channel_scores=chans, progress=False)
+    assert rep["dense_blocks"] and 0 < rep["dense_share"] <= 0.3
+    assert rep["achieved_sparsity"] == pytest.approx(0.5 * (1 - rep["dense_share"]), abs=1e-9) == rep["effective_target"]
+    for name, layer in rep["layers"].items():
+        l, kind = int(name.split(".")[2]), ("mlp" if ".mlp." in name else "attn")
+        w, w0 = model.get_submodule(name).weight, ref.get_submodule(name).weight
+        if f"{kind} {l}" in rep["dense_blocks"]:
+            assert torch.equal(w, w0), name  # untouched
+        else:
+            assert layer["sparsity"] == pytest.approx(0.5) and (w.view(-1, 4) != 0).sum(1).max() <= 2
+    if by == "depth":
+        assert rep["dense_blocks"] == ["attn 0"]  # the earliest block that fits 30% (an MLP block is larger)
+
+
+def test_mixed_dense_config_errors(tokenizer):
+    with pytest.raises(ConfigError, match="N:M pattern"):
+        PruneConfig(method="cap-sparsegpt", nm_dense=0.2)
+    with pytest.raises(ConfigError, match="cap or depth"):
+        PruneConfig(method="cap-sparsegpt", pattern="2:4", nm_dense=0.2, nm_dense_by="size")
+    batch, heads, chans = _setup(tokenizer)
+    with pytest.raises(ConfigError, match="CAP-guided method"):
+        prune_model(make_tiny_llama(), PruneConfig(method="sparsegpt", pattern="2:4", nm_dense=0.2), batch, progress=False)

@@ -75,6 +75,19 @@ def test_prune_writes_loadable_dir(tiny_dir, tmp_path, method, pattern):
     assert r2.exit_code == 2 and "not empty" in r2.output
 
 
+def test_prune_mixed_dense_and_2_4_from_the_command_line(tiny_dir, tmp_path):
+    out = tmp_path / "mixed"
+    r = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--method", "sparsegpt", "--pattern", "2:4", "--nm-dense", "0.3",
+                            "--nm-dense-by", "depth", "--samples", "6", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "sparsity.json").read_text())
+    assert rep["dense_blocks"] == ["attn 0"] and "dense blocks: attn 0" in r.output
+    assert rep["achieved_sparsity"] == pytest.approx(rep["effective_target"]) and rep["achieved_sparsity"] < 0.5
+    r2 = runner.invoke(app, ["prune", "--model", str(tiny_dir), "--method", "sparsegpt", "--nm-dense", "0.3",
+                             "--samples", "6", "--out", str(tmp_path / "bad")])
+    assert r2.exit_code == 2 and "N:M pattern" in r2.output
+
+
 @pytest.mark.parametrize("args,msg", [(["--sparsity", "1.0"], "[0, 1)"), (["--pattern", "5:4"], "0 < N < M"),
                                       (["--method", "random"], "expected one of"), (["--sparsity", "-0.2"], "[0, 1)")])
 def test_prune_bad_input(tiny_dir, tmp_path, args, msg):

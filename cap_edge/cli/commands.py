@@ -124,6 +124,10 @@ def prune_cmd(
                                             "structured: of all parameters)"),
     pattern: str = typer.Option("unstructured", help="unstructured | 2:4 | 4:8 (N:M fixes sparsity at 1-N/M) | "
                                                      "structured (whole heads and MLP channels removed)"),
+    nm_dense: float = typer.Option(0.0, help="N:M: share of prunable parameters kept dense as whole attention/MLP blocks "
+                                             "(TensorRT mixes dense and 2:4 layers); effective sparsity (1-share)(1-N/M)"),
+    nm_dense_by: str = typer.Option("cap", help="N:M dense blocks chosen by: cap (CAP effect per parameter; cap-wanda, "
+                                                "cap-sparsegpt) | depth (the earliest blocks)"),
     min_heads: int = typer.Option(1, help="structured: query heads every layer keeps (0 allows attention-free layers)"),
     scope: str = typer.Option("global", help="structured: global budget, or the same share from each layer"),
     refit: bool = typer.Option(True, help="structured: least-squares refit of o_proj/down_proj after removal"),
@@ -147,7 +151,7 @@ def prune_cmd(
     try:
         _counts(samples=samples, tokens_per_problem=tokens_per_problem, refit_problems=refit_problems)
         cfg = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, min_heads=min_heads, scope=scope,
-                          refit=refit, refit_problems=refit_problems)
+                          refit=refit, refit_problems=refit_problems, nm_dense=nm_dense, nm_dense_by=nm_dense_by)
         budget = BudgetConfig(problems=samples, tokens_per_problem=tokens_per_problem)
         score_cfg = ScoreConfig(mode=score_mode)
         check_output_dir(out, overwrite, "prune")
@@ -162,8 +166,9 @@ def prune_cmd(
         typer.echo(f"{method} structured: removed {report['achieved_sparsity']:.4f} of {report['params_before']:,} parameters "
                    f"(target {cfg.sparsity}); heads per layer {s['num_heads']}; MLP widths {s['intermediate_size']}")
     else:
-        typer.echo(f"{method} {pattern}: target {report['target_sparsity']:.4f}, achieved {report['achieved_sparsity']:.4f} "
-                   f"over {report['prunable_params']:,} prunable weights in {report['seconds']:.1f}s")
+        typer.echo(f"{method} {pattern}: target {report.get('effective_target', report['target_sparsity']):.4f}, achieved {report['achieved_sparsity']:.4f} "
+                   f"over {report['prunable_params']:,} prunable weights in {report['seconds']:.1f}s"
+                   + (f"; dense blocks: {', '.join(report['dense_blocks'])}" if report.get("dense_blocks") else ""))
     typer.echo(f"wrote {out}")
 
 

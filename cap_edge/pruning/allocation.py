@@ -92,3 +92,23 @@ def shared_prefix_length(input_ids: torch.Tensor, lengths: torch.Tensor) -> int:
     n = int(lengths.min()) - 1
     same = (input_ids[:, :n] == input_ids[:1, :n]).all(0)  # (n,)
     return int(same.long().cumprod(0).sum())
+
+
+def dense_blocks(importance: torch.Tensor, sizes: torch.Tensor, budget: float) -> torch.Tensor:
+    """Blocks kept dense beside an N:M pattern (TensorRT runs dense and 2:4 layers side by side).
+
+    importance (n,) per parameter, sizes (n,) parameters per block. Returns (n,) bool: blocks taken
+    in order of importance, each one that still fits while the dense blocks' parameters stay within
+    ``budget`` (a share of all). The effective sparsity is (1 - dense share) x (1 - N/M)."""
+    if isinstance(budget, bool) or not 0 <= budget < 1:
+        raise ConfigError(f"dense budget: expected a share in [0, 1), got {budget!r}")
+    if importance.shape != sizes.shape or importance.dim() != 1:
+        raise ConfigError(f"dense blocks: expected importance and sizes of one shape (n,), got "
+                          f"{tuple(importance.shape)} and {tuple(sizes.shape)}")
+    room = budget * float(sizes.double().sum())
+    dense = torch.zeros(importance.shape, dtype=torch.bool)
+    for i in importance.double().argsort(descending=True, stable=True).tolist():
+        if float(sizes[i]) <= room:
+            dense[i] = True
+            room -= float(sizes[i])
+    return dense

@@ -14,7 +14,7 @@ from ..arch import arch_for, get_module, head_geometry, prunable_linears
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
-from .allocation import allocate, rank_normalise
+from .allocation import allocate, dense_blocks, rank_normalise
 from .calibration import InputStats, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method
@@ -56,14 +56,13 @@ def unit_of(path: str, spec, geom, head_f: torch.Tensor, chan_f: torch.Tensor, g
     return chan_f, (1 if path == spec.down else 0), group
 
 
-def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict) -> dict:
-    """CAP-guided targets: sparsity per (layer, attention|MLP) block from the blocks' causal
-    importance (Δ answer CE of their units, per parameter; ``allocation.allocate``), and per-unit
-    factors in [1 - s, 1 + s] by rank of the unit's score within its layer."""
+def block_importance(model, head_scores: dict, channel_scores: dict):
+    """Causal importance of each block (a layer's attention, then each layer's MLP): Δ answer CE of
+    its units per parameter. Returns (importance (2L,), sizes (2L,), head scores (L, H), channel
+    scores (L, G))."""
     spec, geom = arch_for(model), head_geometry(model.config)
     layers = get_module(model, spec.layers)
     L = len(layers)
-    width = get_module(layers[0], spec.down).in_features
     hs = score_matrix(check_scores(head_scores, "head scores", num_layers=L, num_units=geom.num_heads, target="heads",
                                    require_complete=True))  # (L, H)
     G = channel_scores["num_units"]
@@ -73,12 +72,43 @@ def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict
             for k in ("attn", "mlp")}
     imp = torch.cat([hs.sum(1) / size["attn"], cs.sum(1) / size["mlp"]])  # (2L,) Δ CE per parameter
     sizes = torch.tensor([float(size["attn"])] * L + [float(size["mlp"])] * L)
+    return imp, sizes, hs, cs
+
+
+def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict) -> dict:
+    """CAP-guided targets: sparsity per (layer, attention|MLP) block from the blocks' causal
+    importance (``block_importance``, ``allocation.allocate``), and per-unit factors in [1 - s, 1 + s]
+    by rank of the unit's score within its layer."""
+    imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores)
+    L = hs.shape[0]
+    width = get_module(get_module(model, arch_for(model).layers)[0], arch_for(model).down).in_features
     nm = cfg.nm
     alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else cfg.alloc_bound)  # N:M fixes each group's share
     s = cfg.unit_strength
-    return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // G,
+    return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1],
             "head_f": [1 + s * rank_normalise(hs[l]) for l in range(L)],
             "chan_f": [1 + s * rank_normalise(cs[l]) for l in range(L)]}
+
+
+def dense_plan(model, cfg: PruneConfig, head_scores: dict | None, channel_scores: dict | None) -> set[tuple[str, int]]:
+    """{(kind, layer)} kept dense beside the N:M pattern (``PruneConfig.nm_dense``)."""
+    if not cfg.nm_dense:
+        return set()
+    spec = arch_for(model)
+    L = len(get_module(model, spec.layers))
+    if cfg.nm_dense_by == "cap":
+        if not get_method(cfg.method).guided:
+            raise ConfigError(f"nm_dense_by=cap chooses the dense blocks by CAP head and channel scores: a CAP-guided "
+                              f"method (cap-wanda, cap-sparsegpt); got {cfg.method!r} (or use nm_dense_by=depth)")
+        imp, sizes, _, _ = block_importance(model, head_scores, channel_scores)
+    else:  # the earliest blocks first: a non-causal control with the same budget
+        layer0 = get_module(model, spec.layers)[0]
+        size = {k: float(sum(lin.weight.numel() for p, lin in _linears(layer0, spec).items() if _kind(p, spec) == k))
+                for k in ("attn", "mlp")}
+        imp = torch.arange(L, 0, -1, dtype=torch.float64).repeat(2)  # (2L,): attention l and MLP l rank L - l
+        sizes = torch.tensor([size["attn"]] * L + [size["mlp"]] * L)
+    keep = dense_blocks(imp, sizes, cfg.nm_dense)
+    return {("attn" if i < L else "mlp", i % L) for i in keep.nonzero().flatten().tolist()}
 
 
 def unit_factor(W: torch.Tensor, f: torch.Tensor, axis: int, width: int) -> torch.Tensor:
@@ -117,6 +147,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         check_scores(head_scores, "head scores", num_layers=geom.num_layers, num_units=geom.num_heads, target="heads",
                      require_complete=True)
         I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
+    dense = dense_plan(model, cfg, head_scores, channel_scores)  # (kind, layer) blocks left dense
     t0 = time.perf_counter()
 
     def sparsity_of(path, l):
@@ -144,6 +175,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         scores = [score_of(p, lin.weight.float(), l, None) for l, p, lin in all_lin]
         thr = global_threshold(scores, target) if (method.group == "global" and nm is None) else None
         for (l, p, lin), S in tqdm(list(zip(all_lin, scores)), desc=f"prune {cfg.method}", disable=not progress):
+            if (_kind(p, spec), l) in dense:
+                continue
             keep = (S >= thr) if thr is not None else keep_mask(S, target)
             lin.weight.mul_(keep.to(lin.weight.dtype))
     else:
@@ -162,6 +195,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                 calib_info["rank"].append({p.rsplit(".", 1)[-1]: rank_report(stats.H[p])
                                            for p in (spec.q, spec.o, spec.gate, spec.down)})
             for p, lin in lins.items():
+                if (_kind(p, spec), l) in dense:
+                    continue
                 W = lin.weight.float()
                 if method.stats == "hessian":
                     Wn, _ = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp,
@@ -177,15 +212,18 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                         deficient[0][1], calib_info["rank"][deficient[0][0]][deficient[0][1]]["rank"],
                         calib_info["rank"][deficient[0][0]][deficient[0][1]]["dim"])
     per = {}
-    zeros = total = 0
+    zeros = total = kept_dense = 0
     for l in range(len(layers)):
         for p, lin in _linears(layers[l], spec).items():
             z = int((lin.weight == 0).sum())
             per[f"{spec.layers}.{l}.{p}"] = {"shape": list(lin.weight.shape), "sparsity": z / lin.weight.numel()}
             zeros += z
             total += lin.weight.numel()
-    check_achieved(cfg, target, zeros / total)
-    return {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target,
+            kept_dense += lin.weight.numel() if (_kind(p, spec), l) in dense else 0
+    effective = target * (1 - kept_dense / total)  # N:M inside the pruned blocks, nothing in the dense ones
+    check_achieved(cfg, effective, zeros / total)
+    return {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target, "effective_target": effective,
+            "dense_blocks": sorted(f"{k} {l}" for k, l in dense), "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
             "calibration_statistics": calib_info if method.stats != "none" else None,
