@@ -115,8 +115,9 @@ def compare(level: list[dict], draws: list[int]) -> dict:
                          "not_significantly_worse": all(t["p_value"] >= 0.05 or t["a_only"] >= t["b_only"] for t in tests)}}
 
 
-def summarise(runs: list[dict], draws: int) -> list[dict]:
-    """Per (pattern, sparsity, method): mean and spread over draws; the comparison of compare()."""
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per (pattern, sparsity, method): mean and spread over the draws run at that level; the
+    comparison of compare()."""
     out = []
     for pattern, sp in SETTINGS:
         target = 0.5 if pattern == "2:4" else sp
@@ -130,7 +131,8 @@ def summarise(runs: list[dict], draws: int) -> list[dict]:
                 rows[m] = {"method": m, "pattern": pattern, "sparsity": rs[0]["target_sparsity"], "draws": len(rs),
                            "calibration_free": m in CALIBRATION_FREE,
                            **{k: spread([r[k] for r in rs]) for k in ("answer_ce", "acc", "kl", "retention", "ppl", "prune_seconds")}}
-        cmp = compare([r for r in level if r["method"] not in CALIBRATION_FREE], list(range(draws)))
+        calibrated = [r for r in level if r["method"] not in CALIBRATION_FREE]
+        cmp = compare(calibrated, sorted({r["draw"] for r in calibrated}))
         for r in rows.values():
             r["best_cap"], r["best_baseline"] = cmp["best_cap"], cmp["best_baseline"]
         if pattern == "unstructured" and sp == 0.5:  # issue #17: the paper's failure point
@@ -138,7 +140,8 @@ def summarise(runs: list[dict], draws: int) -> list[dict]:
         if "sparsegpt" in rows:
             cmp["prune_time_vs_sparsegpt"] = {m: r["prune_seconds"]["mean"] / rows["sparsegpt"]["prune_seconds"]["mean"]
                                               for m, r in rows.items() if m.startswith("cap-")}
-        out.append({"pattern": pattern, "sparsity": target, "rows": list(rows.values()), **cmp})
+        out.append({"pattern": pattern, "sparsity": target, "draws": len({r["draw"] for r in calibrated}),
+                    "rows": list(rows.values()), **cmp})
     return out
 
 
@@ -155,6 +158,9 @@ def main():
     ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
     ap.add_argument("--no-precision-check", action="store_true", help="skip SparseGPT float32 vs float64 on draw 0")
+    ap.add_argument("--keep-stored", action="store_true",
+                    help="keep the stored pruning.json's runs of the settings this run does not include (and its transfer "
+                         "rows when --transfer-settings is empty); the evaluation sizes must match")
     args = ap.parse_args()
     settings = [parse_setting(st) for st in args.settings]
     lm = load_model(None, device="cpu")
@@ -164,6 +170,25 @@ def main():
     dense = score_torch(lm.model, lm.tokenizer, ev, ref)
     print(f"dense: acc {dense['knowledge']['acc']:.3f} CE {dense['suite']['answer_ce']:.3f} ppl {ref.ppl:.2f}", flush=True)
     runs, scoring, precision = [], [], []
+    stored = {"runs": [], "summary": [], "transfer_summary": [], "transfer": [], "precision": [], "settings": [], "scoring": []}
+    if args.keep_stored:
+        import json
+
+        old = json.loads((RESULTS / "pruning.json").read_text())
+        if old["eval"] != ev.sizes():
+            raise SystemExit(f"--keep-stored: the stored evaluation is {old['eval']}, this run's {ev.sizes()}; use the same sizes")
+        mine = {(p, 0.5 if p == "2:4" else sp) for p, sp in settings}
+        keep = lambda r: (r["pattern"], r["target_sparsity"]) not in mine  # noqa: E731
+        # their per-problem hits are not stored, so their summaries (McNemar included) are kept as computed
+        stored = {"runs": [r for r in old["runs"] if keep(r)],
+                  "summary": [{"draws": old["draws"], **lv} for lv in old["summary"]
+                              if keep({"pattern": lv["pattern"], "target_sparsity": lv["sparsity"]})],
+                  "transfer_summary": old["transfer_summary"] if not args.transfer_settings else [],
+                  "transfer": old["transfer"] if not args.transfer_settings else [],
+                  "precision": [pc for pc in old["sparsegpt_precision"] if keep({"pattern": pc["pattern"], "target_sparsity": pc["sparsity"]})],
+                  "settings": [st for st in old["settings"] if keep(dict(zip(("pattern", "target_sparsity"), parse_setting(st))))],
+                  "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", [])}
+        print(f"keeping {len(stored['runs'])} stored runs of {stored['settings']}", flush=True)
     for d in range(args.draws):
         cal = calibrate(lm, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
@@ -182,7 +207,7 @@ def main():
                     print(f"draw 0 sparsegpt float32 vs float64 {pattern} {sp}: masks agree {pc['mask_agreement']:.4f}, "
                           f"CE {pc['answer_ce']['float32']:.3f} vs {pc['answer_ce']['float64']:.3f}", flush=True)
         if d + 1 < args.draws:  # a complete, smaller result after every draw: a stopped run still leaves one
-            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [], precision)
+            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [], precision, stored)
     transfer = []
     splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
     for calib_spec, know, suite_spec, name in splits:
@@ -198,21 +223,25 @@ def main():
                 transfer.append(r)
                 print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
     lm.model.load_state_dict(original)
-    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer, precision)
+    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer, precision, stored)
 
 
 def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict],
-          precision: list[dict]) -> None:
-    summary = summarise(runs, draws)
+          precision: list[dict], stored: dict) -> None:
+    order = {(p, 0.5 if p == "2:4" else sp): i for i, (p, sp) in enumerate(SETTINGS)}
+    summary = sorted(stored["summary"] + summarise(runs), key=lambda lv: order[(lv["pattern"], lv["sparsity"])])
+    runs, transfer, precision = stored["runs"] + runs, stored["transfer"] + transfer, stored["precision"] + precision
+    settings = stored["settings"] + args.settings
+    transfer_settings = args.transfer_settings or stored.get("transfer_settings", [])
     for pc in precision:  # the float32 change against the float64 method's spread over draws
         lv = next(v for v in summary if v["pattern"] == pc["pattern"] and abs(v["sparsity"] - pc["sparsity"]) < 1e-9)
         sg = next(r for r in lv["rows"] if r["method"] == "sparsegpt")
         pc["ce_spread_over_draws"] = {"std": sg["answer_ce"]["std"], "range": sg["answer_ce"]["max"] - sg["answer_ce"]["min"]}
         delta = abs(pc["answer_ce"]["float32"] - pc["answer_ce"]["float64"])
-        pc["within_spread"] = draws > 1 and delta <= pc["ce_spread_over_draws"]["range"]
-    transfer_summary = []
-    for name in ("A->B", "B->A"):
-        for setting in args.transfer_settings:
+        pc["within_spread"] = lv["draws"] > 1 and delta <= pc["ce_spread_over_draws"]["range"]
+    transfer_summary = list(stored["transfer_summary"])
+    for name in ("A->B", "B->A") if args.transfer_settings else ():
+        for setting in transfer_settings:
             pattern, sp = parse_setting(setting)
             level = [r for r in transfer if r["split"] == name and r["pattern"] == pattern and abs(r["target_sparsity"] - sp) < 1e-9]
             if level:
@@ -229,9 +258,14 @@ def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[
     md = table(rows, ["method", "pattern", "sparsity", "draws", "acc (mean)", "acc range", "answer CE mean ± sd",
                       "KL to dense", "retention", "ppl", "prune CPU s"])
     print(md)
+    per = ", ".join(f"{lv['pattern']} {lv['sparsity']:.2f}: {lv['draws']}" for lv in summary)
     (RESULTS / "pruning.md").write_text(f"Knowledge families n={ev.sizes()['knowledge']}, suite n={ev.sizes()['suite']}, "
-                                        f"{draws} calibration draws.\n\n{md}\n")
-    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": draws, "draws_requested": args.draws, "settings": args.settings, "score_mode": args.score_mode, "scoring": scoring,
+                                        f"calibration draws per level ({per}).\n\n{md}\n")
+    write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": max(lv["draws"] for lv in summary),
+                             "draws_per_level": {f"{lv['pattern']} {lv['sparsity']:.2f}": lv["draws"] for lv in summary},
+                             "draws_requested": args.draws, "settings": settings, "transfer_settings": transfer_settings,
+                             "score_mode": args.score_mode,
+                             "scoring": stored["scoring"] if stored["scoring"] and len(stored["scoring"]) > len(scoring) else scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},
                              "summary": summary, "sparsegpt_precision": precision, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],

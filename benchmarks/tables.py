@@ -122,6 +122,9 @@ def noise_statement(r: dict, key: str = "answer_ce") -> str:
         return "one calibration draw: no spread measured, so no difference can be called larger than the noise"
     parts = []
     for lv in r["summary"]:
+        if lv.get("draws", r["draws"]) < 2:
+            parts.append(f"{lv['pattern']} {lv['sparsity']:.0%}: one calibration draw at this level, no spread measured")
+            continue
         pairs = separations(lv, key)
         sep = [p for p in pairs if p["separated"]]
         within = [p for p in pairs if not p["separated"]]
@@ -155,8 +158,8 @@ def pruning(r: dict) -> str:
     if r.get("transfer_summary"):
         out += ["", "Transfer (calibrate on one half of the families, evaluate on the other; one draw):", "",
                 md_table(CRIT_HEAD, _criteria_rows(r["transfer_summary"], lambda lv: f"{lv['split']} {lv['pattern']} {lv['sparsity']:.2f}"))]
-    out += ["", f"Differences in mean answer CE larger than the calibration noise (the two methods' ranges over "
-            f"{r['draws']} draws do not overlap; lower CE first):", "", noise_statement(r)]
+    out += ["", "Differences in mean answer CE larger than the calibration noise (the two methods' ranges over "
+            "the level's draws do not overlap; lower CE first):", "", noise_statement(r)]
     if r.get("sparsegpt_precision"):
         out += ["", "SparseGPT's OBS solve in float32 against float64 (draw 0, same statistics), read against the "
                 "spread of float64 SparseGPT over the draws:", "",
@@ -263,12 +266,13 @@ def glance() -> str:
                              + f"; Pareto front (accuracy, decode, MB): {', '.join(front)}", f"`{name}.json`"])
     if p:
         for lv in p["summary"]:
+            many = lv.get("draws", p["draws"]) > 1
             rows.append([f"{lv['pattern']} {lv['sparsity']:.0%} pruning", f"best CAP {lv['best_cap']} vs {lv['best_baseline']}",
                          f"answer CE {lv['ce_gap']:+.3f} " + (f"(draw sd {lv['ce_noise']:.3f}: "
-                         f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if p["draws"] > 1
+                         f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if many
                          else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}",
                          "`pruning.json`"])
-            if p["draws"] > 1:
+            if many:
                 pairs = separations(lv)
                 sep = [q for q in pairs if q["separated"]]
                 within = [q for q in pairs if not q["separated"]]
