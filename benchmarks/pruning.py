@@ -187,7 +187,9 @@ def main():
                   "transfer": old["transfer"] if not args.transfer_settings else [],
                   "precision": [pc for pc in old["sparsegpt_precision"] if keep({"pattern": pc["pattern"], "target_sparsity": pc["sparsity"]})],
                   "settings": [st for st in old["settings"] if keep(dict(zip(("pattern", "target_sparsity"), parse_setting(st))))],
-                  "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", [])}
+                  "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", []),
+                  "kept_from": old.get("kept_from", []) + [{"settings": old["settings"], "command": old["command"],
+                                                            "commit": old["commit"], "date": old["machine"]["date"]}]}
         print(f"keeping {len(stored['runs'])} stored runs of {stored['settings']}", flush=True)
     for d in range(args.draws):
         cal = calibrate(lm, "embedded", d, args.score_mode)
@@ -264,7 +266,7 @@ def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[
     write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": max(lv["draws"] for lv in summary),
                              "draws_per_level": {f"{lv['pattern']} {lv['sparsity']:.2f}": lv["draws"] for lv in summary},
                              "draws_requested": args.draws, "settings": settings, "transfer_settings": transfer_settings,
-                             "score_mode": args.score_mode,
+                             "score_mode": args.score_mode, "kept_from": stored.get("kept_from", []),
                              "scoring": stored["scoring"] if stored["scoring"] and len(stored["scoring"]) > len(scoring) else scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},

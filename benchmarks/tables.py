@@ -149,6 +149,9 @@ def pruning(r: dict) -> str:
         out += [f"**{r['draws']} of {r['draws_requested']} requested calibration draws**: the run was stopped after the "
                 "checkpoint it writes per draw" + (", so no spread over draws is measured here." if r["draws"] < 2
                                                    else f"; the spreads below are over {r['draws']} draws."), ""]
+    for k in r.get("kept_from", []):
+        out += [f"Levels {', '.join(k['settings'])} kept from `{k['command']}` ({k['date']}, commit {k['commit']}; same "
+                "evaluation sizes); the source line above is the run that added the others.", ""]
     out += [r["table_md"], "",
            "Best CAP-family method against the best of Wanda/SparseGPT (by mean answer CE) at each level: answer-CE "
            "gap against the calibration-draw spread, KL ratios, McNemar per draw. Criteria (issue #17): Δ CE ≤ 0.02, "
@@ -179,7 +182,11 @@ def hybrid_bound(r: dict) -> str:
     return (f"Spearman vs exact of hybrids that refine the units each rule picks, replayed offline on {r['problems']} "
             f"problems per draw. Attribution alone: {attr}. The 20x-naive target leaves a refinement cost share of "
             f"{r['share_for_20x']:.2f} ({r['share_for_20x_from']}); the oracle row is the best any choice of units can reach.\n\n"
-            + r["table_md"])
+            + r["table_md"]
+            + ("\n\nBetter first-order estimates: look-ahead k runs the masked head's layer and the k - 1 after it exactly "
+               "and linearises the rest with the gradient at layer l + k's input (k layer-forwards per head; cost counted "
+               "in layer-forwards against exact's), alone and then refined with what the 20x budget leaves:\n\n"
+               + r["lookahead_md"] if r.get("lookahead_md") else ""))
 
 
 def mixed_nm(r: dict) -> str:
@@ -308,8 +315,15 @@ def glance() -> str:
     hb = load("hybrid_bound")
     if hb:
         orc = [d["rules"]["oracle |error| / cost"]["0.15"] for d in hb["draws"]]
+        detail = f"20x naive leaves a {hb['share_for_20x']:.0%} share: refinement alone cannot reach 0.95"
+        if hb["draws"][0].get("lookahead"):
+            def best_within(d):  # the best Spearman of a look-ahead hybrid that fits the 20x budget, on one draw
+                return max(max(v["spearman"], v["oracle_refined_spearman"] or 0, v["shipped_rule_refined_spearman"] or 0)
+                           for v in d["lookahead"].values() if v["share_left_at_20x"] >= 0)
+            detail += ("; look-ahead estimates that fit the 20x budget reach at best "
+                       + ", ".join(f"{best_within(d):.3f}" for d in hb["draws"]) + " (draws " + ", ".join(str(d["draw"]) for d in hb["draws"]) + ")")
         rows.append(["hybrid scoring, best possible refinement", f"oracle Spearman {min(orc):.3f}-{max(orc):.3f} at a 15% cost share",
-                     f"20x naive leaves a {hb['share_for_20x']:.0%} share: refinement alone cannot reach 0.95", "`hybrid_bound.json`"])
+                     detail, "`hybrid_bound.json`"])
     if g:
         rows.append(["Gemma 3 270M", f"above chance on {', '.join(g['above_chance']) or 'no family'}",
                      f"{sum(1 for e in g['exports'] if e['valid'])} of {len(g['exports'])} exports valid", "`gemma3.json`"])
