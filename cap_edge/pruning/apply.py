@@ -56,6 +56,15 @@ def unit_of(path: str, spec, geom, head_f: torch.Tensor, chan_f: torch.Tensor, g
     return chan_f, (1 if path == spec.down else 0), group
 
 
+def block_sizes(model) -> torch.Tensor:
+    """Prunable parameters of each block, attention of layers 0..L-1 then their MLPs: (2L,)."""
+    spec = arch_for(model)
+    layers = get_module(model, spec.layers)
+    size = {k: float(sum(lin.weight.numel() for p, lin in _linears(layers[0], spec).items() if _kind(p, spec) == k))
+            for k in ("attn", "mlp")}
+    return torch.tensor([size["attn"]] * len(layers) + [size["mlp"]] * len(layers))
+
+
 def block_importance(model, head_scores: dict, channel_scores: dict):
     """Causal importance of each block (a layer's attention, then each layer's MLP): Δ answer CE of
     its units per parameter. Returns (importance (2L,), sizes (2L,), head scores (L, H), channel
@@ -68,10 +77,8 @@ def block_importance(model, head_scores: dict, channel_scores: dict):
     G = channel_scores["num_units"]
     cs = score_matrix(check_scores(channel_scores, "channel scores", num_layers=L, num_units=G, target="channels",
                                    require_complete=True))  # (L, G)
-    size = {k: sum(lin.weight.numel() for p, lin in _linears(layers[0], spec).items() if _kind(p, spec) == k)
-            for k in ("attn", "mlp")}
-    imp = torch.cat([hs.sum(1) / size["attn"], cs.sum(1) / size["mlp"]])  # (2L,) Δ CE per parameter
-    sizes = torch.tensor([float(size["attn"])] * L + [float(size["mlp"])] * L)
+    sizes = block_sizes(model)  # (2L,)
+    imp = torch.cat([hs.sum(1), cs.sum(1)]) / sizes  # (2L,) Δ CE per parameter
     return imp, sizes, hs, cs
 
 
@@ -102,11 +109,8 @@ def dense_plan(model, cfg: PruneConfig, head_scores: dict | None, channel_scores
                               f"method (cap-wanda, cap-sparsegpt); got {cfg.method!r} (or use nm_dense_by=depth)")
         imp, sizes, _, _ = block_importance(model, head_scores, channel_scores)
     else:  # the earliest blocks first: a non-causal control with the same budget
-        layer0 = get_module(model, spec.layers)[0]
-        size = {k: float(sum(lin.weight.numel() for p, lin in _linears(layer0, spec).items() if _kind(p, spec) == k))
-                for k in ("attn", "mlp")}
         imp = torch.arange(L, 0, -1, dtype=torch.float64).repeat(2)  # (2L,): attention l and MLP l rank L - l
-        sizes = torch.tensor([size["attn"]] * L + [size["mlp"]] * L)
+        sizes = block_sizes(model)
     keep = dense_blocks(imp, sizes, cfg.nm_dense)
     return {("attn" if i < L else "mlp", i % L) for i in keep.nonzero().flatten().tolist()}
 
