@@ -152,7 +152,7 @@ def main():
     ap.add_argument("--knowledge-per-family", type=int, default=100)
     ap.add_argument("--suite-per-family", type=int, default=10)
     ap.add_argument("--gen-per-family", type=int, default=20)
-    ap.add_argument("--settings", nargs="+", default=[f"{sp}" if p == "unstructured" else p for p, sp in SETTINGS],
+    ap.add_argument("--settings", nargs="*", default=[f"{sp}" if p == "unstructured" else p for p, sp in SETTINGS],
                     help="unstructured sparsities and/or N:M patterns, e.g. 0.5 2:4")
     ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
     ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
