@@ -38,3 +38,8 @@ def spread(vals: list[float]) -> dict:
 def beyond_spread(a: dict, b: dict) -> bool:
     """Two ``spread`` results differ by more than the calibration noise: their ranges do not overlap."""
     return a["max"] < b["min"] or b["max"] < a["min"]
+
+
+def md_table(head: list[str], rows: list[list]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])

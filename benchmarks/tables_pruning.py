@@ -1,0 +1,92 @@
+"""docs/results.md's pruning section: the per-level criteria of issue #17, which method differences
+exceed the spread over calibration draws, SparseGPT's float32-vs-float64 check (used by tables.py)."""
+
+from __future__ import annotations
+
+from _common import beyond_spread, md_table
+
+
+def _criteria_rows(levels: list[dict], label) -> list[list]:
+    return [[label(lv), lv["best_cap"], lv["best_baseline"], f"{lv['ce_gap']:+.3f}", f"{lv['ce_noise']:.3f}",
+             f"{lv['kl_ratio']:.3f}", f"{lv['kl_ratio_to_lowest_baseline_kl']:.3f}",
+             ", ".join(f"{t['a_only']}/{t['b_only']} p={t['p_value']:.2g}" for t in lv["mcnemar_per_draw"]),
+             "yes" if all(lv["criteria"].values()) else "no: " + ", ".join(k for k, v in lv["criteria"].items() if not v)]
+            for lv in levels]
+
+
+CRIT_HEAD = ["level", "best CAP", "best of Wanda/SparseGPT", "Δ answer CE", "draw spread (sd)", "KL ratio",
+             "KL ratio to the lowest baseline KL", "McNemar per draw (CAP-only/baseline-only)", "criteria met"]
+
+
+def separations(level: dict, key: str = "answer_ce") -> list[dict]:
+    """Every pair of methods at one level whose ``key`` differs by more than the calibration noise:
+    their ranges over the draws do not overlap (magnitude, calibration-free, is one point). Lower is
+    better for answer CE and KL, higher for accuracy."""
+    rows = [r for r in level["rows"] if r[key].get("values")]
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            lo, hi = (a, b) if a[key]["mean"] <= b[key]["mean"] else (b, a)
+            out.append({"lower": lo["method"], "higher": hi["method"], "delta": hi[key]["mean"] - lo[key]["mean"],
+                        "separated": beyond_spread(lo[key], hi[key])})
+    return out
+
+
+def noise_statement(r: dict, key: str = "answer_ce") -> str:
+    """Which method differences exceed the spread over calibration draws, per level (one line each)."""
+    if r["draws"] < 2:
+        return "one calibration draw: no spread measured, so no difference can be called larger than the noise"
+    parts = []
+    for lv in r["summary"]:
+        if lv.get("draws", r["draws"]) < 2:
+            parts.append(f"{lv['pattern']} {lv['sparsity']:.0%}: one calibration draw at this level, no spread measured")
+            continue
+        pairs = separations(lv, key)
+        sep = [p for p in pairs if p["separated"]]
+        within = [p for p in pairs if not p["separated"]]
+        parts.append(f"{lv['pattern']} {lv['sparsity']:.0%}: " + ("; ".join(f"{p['lower']} < {p['higher']} ({p['delta']:+.2f})" for p in sep)
+                     or "none") + f" ({len(within)} pair{'' if len(within) == 1 else 's'} within the noise"
+                     + (": " + ", ".join(f"{p['lower']}~{p['higher']}" for p in within) if within else "") + ")")
+    return "\n".join(f"- {p}" for p in parts)
+
+
+def precision_rows(r: dict) -> list[list]:
+    return [[f"{pc['pattern']} {pc['sparsity']:.2f}", f"{pc['mask_agreement']:.4f}",
+             f"{pc['answer_ce']['float64']:.3f} / {pc['answer_ce']['float32']:.3f}",
+             f"{pc['acc']['float64']:.3f} / {pc['acc']['float32']:.3f}", f"{pc['kl']['float64']:.4f} / {pc['kl']['float32']:.4f}",
+             f"{pc['paired']['a_only']}/{pc['paired']['b_only']} p={pc['paired']['p_value']:.2g}",
+             f"{pc['ce_spread_over_draws']['range']:.3f}", "yes" if pc["within_spread"] else "no"]
+            for pc in r.get("sparsegpt_precision") or []]
+
+
+def pruning(r: dict) -> str:
+    out = []
+    if r.get("draws_requested", r["draws"]) > r["draws"]:
+        out += [f"**{r['draws']} of {r['draws_requested']} requested calibration draws**: the run was stopped after the "
+                "checkpoint it writes per draw" + (", so no spread over draws is measured here." if r["draws"] < 2
+                                                   else f"; the spreads below are over {r['draws']} draws."), ""]
+    for k in r.get("kept_from", []):
+        out += [f"Levels {', '.join(k['settings'])} kept from `{k['command']}` ({k['date']}, commit {k['commit']}; same "
+                "evaluation sizes); the source line above is the run that added the others.", ""]
+    out += [r["table_md"], "",
+           "Best CAP-family method against the best of Wanda/SparseGPT (by mean answer CE) at each level: answer-CE "
+           "gap against the calibration-draw spread, KL ratios, McNemar per draw. Criteria (issue #17): Δ CE ≤ 0.02, "
+           "KL ≤ 1.05 × the best baseline's, not significantly worse (p ≥ 0.05 where behind); at 50% also better CE "
+           "than Wanda.", "",
+           md_table(CRIT_HEAD, _criteria_rows(r["summary"], lambda lv: f"{lv['pattern']} {lv['sparsity']:.2f}"))]
+    if r.get("transfer_summary"):
+        out += ["", "Transfer (calibrate on one half of the families, evaluate on the other; one draw):", "",
+                md_table(CRIT_HEAD, _criteria_rows(r["transfer_summary"], lambda lv: f"{lv['split']} {lv['pattern']} {lv['sparsity']:.2f}"))]
+    out += ["", "Differences in mean answer CE larger than the calibration noise (the two methods' ranges over "
+            "the level's draws do not overlap; lower CE first):", "", noise_statement(r)]
+    if r.get("sparsegpt_precision"):
+        out += ["", "SparseGPT's OBS solve in float32 against float64 (draw 0, same statistics), read against the "
+                "spread of float64 SparseGPT over the draws:", "",
+                md_table(["level", "mask agreement", "answer CE f64 / f32", "acc f64 / f32", "KL f64 / f32",
+                          "McNemar f32-only/f64-only", "CE range over draws", "Δ CE within it"], precision_rows(r))]
+    times = [lv for lv in r["summary"] if lv.get("prune_time_vs_sparsegpt")]
+    if times:
+        out += ["", "Pruning CPU time relative to SparseGPT (process CPU seconds, mean over draws): "
+                + "; ".join(f"{lv['pattern']} {lv['sparsity']:.2f}: " + ", ".join(f"{m} {v:.2f}x" for m, v in lv["prune_time_vs_sparsegpt"].items())
+                            for lv in times) + "."]
+    return "\n".join(out)
