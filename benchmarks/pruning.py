@@ -188,7 +188,9 @@ def main():
                   "precision": [pc for pc in old["sparsegpt_precision"] if keep({"pattern": pc["pattern"], "target_sparsity": pc["sparsity"]})],
                   "settings": [st for st in old["settings"] if keep(dict(zip(("pattern", "target_sparsity"), parse_setting(st))))],
                   "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", []),
-                  "kept_from": old.get("kept_from", []) + [{"settings": old["settings"], "command": old["command"],
+                  "kept_from": old.get("kept_from", []) + [{"settings": [st for st in old["settings"] if st not in
+                                                                         {x for k in old.get("kept_from", []) for x in k["settings"]}],
+                                                            "command": old["command"],
                                                             "commit": old["commit"], "date": old["machine"]["date"]}]}
         print(f"keeping {len(stored['runs'])} stored runs of {stored['settings']}", flush=True)
     for d in range(args.draws):
