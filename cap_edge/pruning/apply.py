@@ -227,7 +227,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     effective = target * (1 - kept_dense / total)  # N:M inside the pruned blocks, nothing in the dense ones
     check_achieved(cfg, effective, zeros / total)
     return {"method": cfg.method, "pattern": cfg.pattern, "target_sparsity": target, "effective_target": effective,
-            "dense_blocks": sorted(f"{k} {l}" for k, l in dense), "dense_share": kept_dense / total,
+            "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
             "calibration_statistics": calib_info if method.stats != "none" else None,
