@@ -177,16 +177,18 @@ def main():
         old = json.loads((RESULTS / "pruning.json").read_text())
         if old["eval"] != ev.sizes():
             raise SystemExit(f"--keep-stored: the stored evaluation is {old['eval']}, this run's {ev.sizes()}; use the same sizes")
-        mine = {(p, 0.5 if p == "2:4" else sp) for p, sp in settings}
-        keep = lambda r: (r["pattern"], r["target_sparsity"]) not in mine  # noqa: E731
+        mine = set(settings)  # (pattern, sparsity); parse_setting gives N:M its 0.5
+
+        def kept(pattern: str, sparsity: float) -> bool:
+            return (pattern, sparsity) not in mine
+
         # their per-problem hits are not stored, so their summaries (McNemar included) are kept as computed
-        stored = {"runs": [r for r in old["runs"] if keep(r)],
-                  "summary": [{"draws": old["draws"], **lv} for lv in old["summary"]
-                              if keep({"pattern": lv["pattern"], "target_sparsity": lv["sparsity"]})],
+        stored = {"runs": [r for r in old["runs"] if kept(r["pattern"], r["target_sparsity"])],
+                  "summary": [{"draws": old["draws"], **lv} for lv in old["summary"] if kept(lv["pattern"], lv["sparsity"])],
                   "transfer_summary": old["transfer_summary"] if not args.transfer_settings else [],
                   "transfer": old["transfer"] if not args.transfer_settings else [],
-                  "precision": [pc for pc in old["sparsegpt_precision"] if keep({"pattern": pc["pattern"], "target_sparsity": pc["sparsity"]})],
-                  "settings": [st for st in old["settings"] if keep(dict(zip(("pattern", "target_sparsity"), parse_setting(st))))],
+                  "precision": [pc for pc in old["sparsegpt_precision"] if kept(pc["pattern"], pc["sparsity"])],
+                  "settings": [st for st in old["settings"] if kept(*parse_setting(st))],
                   "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", []),
                   "kept_from": old.get("kept_from", []) + [{"settings": [st for st in old["settings"] if st not in
                                                                          {x for k in old.get("kept_from", []) for x in k["settings"]}],
@@ -232,7 +234,7 @@ def main():
 
 def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict],
           precision: list[dict], stored: dict) -> None:
-    order = {(p, 0.5 if p == "2:4" else sp): i for i, (p, sp) in enumerate(SETTINGS)}
+    order = {setting: i for i, setting in enumerate(SETTINGS)}  # (pattern, sparsity), N:M at 0.5
     summary = sorted(stored["summary"] + summarise(runs), key=lambda lv: order[(lv["pattern"], lv["sparsity"])])
     runs, transfer, precision = stored["runs"] + runs, stored["transfer"] + transfer, stored["precision"] + precision
     settings = stored["settings"] + args.settings

@@ -111,8 +111,9 @@ class TorchBackend:
             tok_lp = logp[inv.to(dev), torch.tensor(tgts, device=dev)].double()  # (S,)
             sums = torch.zeros(len(requests), dtype=torch.float64, device=dev).index_add_(
                 0, torch.tensor(reqs, device=dev), tok_lp)
+            vals = sums.tolist()  # one transfer, not an .item() per request
             for i in set(reqs):
-                out[i] = sums[i].item()
+                out[i] = vals[i]
             bar.update(sum(len(chunks[c][1]) for c in batch))
         bar.close()
         return out

@@ -25,7 +25,6 @@ A layer left without heads has no cache inputs or outputs (except in ``padded``)
 
 from __future__ import annotations
 
-
 import torch
 
 from cap_edge.arch import arch_for, get_module, head_geometry

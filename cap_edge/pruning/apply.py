@@ -88,26 +88,28 @@ def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict
     by rank of the unit's score within its layer."""
     imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores)
     L = hs.shape[0]
-    width = get_module(get_module(model, arch_for(model).layers)[0], arch_for(model).down).in_features
+    spec = arch_for(model)
+    width = get_module(get_module(model, spec.layers)[0], spec.down).in_features
     nm = cfg.nm
     alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else cfg.alloc_bound)  # N:M fixes each group's share
     s = cfg.unit_strength
     return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1],
+            "importance": imp, "sizes": sizes,  # per block, for the dense-block choice (dense_plan)
             "head_f": [1 + s * rank_normalise(hs[l]) for l in range(L)],
             "chan_f": [1 + s * rank_normalise(cs[l]) for l in range(L)]}
 
 
-def dense_plan(model, cfg: PruneConfig, head_scores: dict | None, channel_scores: dict | None) -> set[tuple[str, int]]:
-    """{(kind, layer)} kept dense beside the N:M pattern (``PruneConfig.nm_dense``)."""
+def dense_plan(model, cfg: PruneConfig, plan: dict | None) -> set[tuple[str, int]]:
+    """{(kind, layer)} kept dense beside the N:M pattern (``PruneConfig.nm_dense``); ``plan``: the
+    guided method's ``guided_plan`` (its block importance), None for other methods."""
     if not cfg.nm_dense:
         return set()
-    spec = arch_for(model)
-    L = len(get_module(model, spec.layers))
+    L = len(get_module(model, arch_for(model).layers))
     if cfg.nm_dense_by == "cap":
-        if not get_method(cfg.method).guided:
+        if plan is None:
             raise ConfigError(f"nm_dense_by=cap chooses the dense blocks by CAP head and channel scores: a CAP-guided "
                               f"method (cap-wanda, cap-sparsegpt); got {cfg.method!r} (or use nm_dense_by=depth)")
-        imp, sizes, _, _ = block_importance(model, head_scores, channel_scores)
+        imp, sizes = plan["importance"], plan["sizes"]
     else:  # the earliest blocks first: a non-causal control with the same budget
         imp = torch.arange(L, 0, -1, dtype=torch.float64).repeat(2)  # (2L,): attention l and MLP l rank L - l
         sizes = block_sizes(model)
@@ -151,7 +153,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         check_scores(head_scores, "head scores", num_layers=geom.num_layers, num_units=geom.num_heads, target="heads",
                      require_complete=True)
         I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
-    dense = dense_plan(model, cfg, head_scores, channel_scores)  # (kind, layer) blocks left dense
+    dense = dense_plan(model, cfg, plan)  # (kind, layer) blocks left dense
     t0 = time.perf_counter()
 
     def sparsity_of(path, l):
