@@ -36,18 +36,19 @@ EXPORTS = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("onnx", "int4"
            ("gguf", "q4_0"), ("onnx-static", "fp32")]
 
 
+def _defined(x) -> bool:
+    return x is not None and not math.isnan(x)
+
+
 def prune_row(r: dict) -> list[str]:
     return [r["method"], r["pattern"], f"{r['sparsity']:.2f}", f"{r['acc']:.3f}", f"{r['answer_ce']:.3f}", f"{r['kl']:.4f}",
-            "n/a" if r["retention"] is None else f"{r['retention']:.2f}", f"{r['ppl']:.1f}", f"{r['prune_seconds']:.0f}"]
+            "n/a" if not _defined(r["retention"]) else f"{r['retention']:.2f}", f"{r['ppl']:.1f}", f"{r['prune_seconds']:.0f}"]
 
 
 def pruning_md(prunes: list[dict], dense: dict) -> str:
     """The pruning table. Retention is undefined (n/a) when the dense model answers no free-answer
     question by generation (the pretrained 270M continues "Answer:" with more "Answer:" lines)."""
     g = dense["generation"]
-    for r in prunes:
-        if r["retention"] is not None and math.isnan(r["retention"]):
-            r["retention"] = None
     head = ["dense", "-", "0.00", f"{dense['knowledge']['acc']:.3f}", f"{dense['suite']['answer_ce']:.3f}", "0",
             "1.00" if g["dense_correct"] else "n/a", f"{dense['ppl']:.1f}", "-"]
     md = table([head] + [prune_row(r) for r in prunes],
@@ -159,7 +160,7 @@ def main():
             r = {"method": m, "pattern": pattern, "sparsity": rep["target_sparsity"], "achieved": rep["achieved_sparsity"],
                  "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"], "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"],
                  "answer_ce": s["suite"]["answer_ce"], "kl": s["fidelity"]["kl_mean"], "ppl": s["fidelity"]["ppl"],
-                 "retention": s["fidelity"]["retention"]["share"]}
+                 "retention": s["fidelity"]["retention"]["share"] if _defined(s["fidelity"]["retention"]["share"]) else None}  # NaN is not JSON
             prunes.append(r)
             print(prune_row(r), flush=True)
             save(pruning={**done.get("pruning", {}), key: r})

@@ -37,13 +37,21 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "cap-sparsegpt beta 0.1": ("cap-sparsegpt", {**FULL, "token_beta": 0.1}),
     "cap-sparsegpt beta 0.25": ("cap-sparsegpt", {**FULL, "token_beta": 0.25}),
     "cap-wanda no unit, beta 0.25": ("cap-wanda", {**FULL, "unit_strength": 0.0, "token_beta": 0.25}),
+    # third round: the allocation's spread relative to the target (at 10%, +/-15 points is 0% to 25%)
+    "cap-wanda share 0.3": ("cap-wanda", {**FULL, "alloc_bound_share": 0.3}),
+    "cap-sparsegpt share 0.3": ("cap-sparsegpt", {**FULL, "alloc_bound_share": 0.3}),
+    # ... and every guidance (bound, unit strength, token beta) scaled by target / 0.5 below 50%
+    "cap-wanda ramp 0.5": ("cap-wanda", {**FULL, "guidance_ramp": 0.5}),
+    "cap-sparsegpt ramp 0.5": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5}),
 }
 
 
 def _knobs(r: dict) -> list[str]:
     if not r["variant"].startswith("cap"):
-        return ["-", "-", "-"]
-    return [f"{r['alloc_bound']:g}", f"{r['token_beta']:g}", f"{r['unit_strength']:g}"]
+        return ["-", "-", "-", "-", "-"]
+    share, ramp = r.get("alloc_bound_share"), r.get("guidance_ramp")  # rows of the first rounds predate them (none)
+    return [f"{r['alloc_bound']:g}", "-" if share is None else f"{share:g}", "-" if ramp is None else f"{ramp:g}",
+            f"{r['token_beta']:g}", f"{r['unit_strength']:g}"]
 
 
 def validation_problems() -> list:
@@ -97,13 +105,14 @@ def main():
             ce = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
             q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
             r = {"setting": setting, "variant": name, "val_answer_ce": ce, "kl_mean": q["kl_mean"], "ppl": q["ppl"],
-                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "token_beta", "unit_strength")}}
+                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp", "token_beta", "unit_strength")}}
             results.append(r)
             rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"] + _knobs(r))
             print(rows[-1], flush=True)
-    rows.sort(key=lambda r: (["0.3", "0.5", "2:4"].index(r[0]) if r[0] in ("0.3", "0.5", "2:4") else 9, r[1]))
+    order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
+    rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[1]))
     md = table(rows, ["setting", "variant", "validation answer CE", "KL to dense", "ppl", "prune s", "alloc bound",
-                      "token beta", "unit strength"])
+                      "bound share", "guidance ramp", "token beta", "unit strength"])
     print(md)
     write_result("guided_tuning", {"validation_problems": len(val), "dense_val_answer_ce": dense, "dense_ppl": ref.ppl,
                                    "results": results, "table_md": md})

@@ -70,8 +70,8 @@ def lookahead(engine: ScoringEngine, depths) -> dict:
                     continue
                 gate = 1 - torch.eye(H).repeat_interleave(b.n, 0)  # (H*N, H): copy g masks head g
                 with head_gate(dec.o_proj(l), gate, hd):
-                    hk = dec.run(engine._inputs[l].repeat(H, 1, 1), l, l + k)  # (H*N, T, D)
-                delta = hk.view(H, b.n, *hk.shape[1:]) - engine._inputs[l + k][None]  # (H, N, T, D)
+                    hk = dec.run(engine.layer_input(l).repeat(H, 1, 1), l, l + k)  # (H*N, T, D)
+                delta = hk.view(H, b.n, *hk.shape[1:]) - engine.layer_input(l + k)[None]  # (H, N, T, D)
                 per_row = (delta * grads[l + k][None]).sum((-1, -2)).double()  # (H, N)
                 est[l] = torch.stack([per_row[:, sub == j].sum(-1) for j in range(K)], -1)
                 forwards += k * H

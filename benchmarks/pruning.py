@@ -13,22 +13,21 @@ Writes benchmarks/results/pruning.json and pruning.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 from _common import RESULTS, spread, table, write_result
+from pruning_compare import compare, known_tests, level_key
 from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
 from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
+from cap_edge.provenance import git_commit
 from cap_edge.pruning import prune_model
 from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import calibration_problems, check_disjoint
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda", "cap-sparsegpt")
-BASELINES = ("wanda", "sparsegpt")  # issue #17: the best of Wanda/SparseGPT is the bar (magnitude is reported beside)
-CAP_METHODS = ("cap", "cap-wanda", "cap-sparsegpt")
 CALIBRATION_FREE = ("magnitude",)  # the same model on every draw: run once
 TRANSFER_METHODS = ("wanda", "sparsegpt", "cap-wanda", "cap-sparsegpt")
 SETTINGS = [("unstructured", 0.1), ("unstructured", 0.2), ("unstructured", 0.3), ("unstructured", 0.5), ("2:4", 0.5)]
@@ -58,7 +57,7 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
     cpu = time.process_time() - cpu
     s = score_torch(lm.model, lm.tokenizer, ev, ref)
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
-    return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity,
+    return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity, "commit": git_commit(),
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"],
             "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],
             "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],
@@ -92,32 +91,9 @@ def parse_setting(text: str) -> tuple[str, float]:
     return (text, 0.5) if ":" in text else ("unstructured", float(text))
 
 
-def compare(level: list[dict], draws: list[int]) -> dict:
-    """The best CAP-family method against the best of Wanda/SparseGPT (by mean answer CE) on one
-    level: CE gap against the calibration-draw spread, KL ratios, McNemar per draw, the criteria."""
-    mean = lambda m, k: statistics.mean(r[k] for r in level if r["method"] == m)  # noqa: E731
-    present = {r["method"] for r in level}
-    best_base = min((m for m in BASELINES if m in present), key=lambda m: mean(m, "answer_ce"))
-    best_cap = min((m for m in CAP_METHODS if m in present), key=lambda m: mean(m, "answer_ce"))
-    lowest_kl = min(mean(m, "kl") for m in BASELINES if m in present)
-    tests = []
-    for d in draws:
-        a = next(r for r in level if r["method"] == best_cap and r["draw"] == d)
-        b = next(r for r in level if r["method"] == best_base and r["draw"] == d)
-        tests.append({"draw": d, **paired(a, b)})
-    sd = lambda m: statistics.stdev([r["answer_ce"] for r in level if r["method"] == m]) if len(draws) > 1 else 0.0  # noqa: E731
-    cap_ce, base_ce, cap_kl = mean(best_cap, "answer_ce"), mean(best_base, "answer_ce"), mean(best_cap, "kl")
-    return {"best_cap": best_cap, "best_baseline": best_base, "mcnemar_per_draw": tests,
-            "ce_gap": cap_ce - base_ce, "ce_noise": max(sd(best_cap), sd(best_base)),
-            "kl_ratio": cap_kl / mean(best_base, "kl"), "kl_ratio_to_lowest_baseline_kl": cap_kl / lowest_kl,
-            "criteria": {"ce_within_0.02": cap_ce <= base_ce + 0.02,
-                         "kl_within_5pct": cap_kl <= 1.05 * mean(best_base, "kl"),
-                         "not_significantly_worse": all(t["p_value"] >= 0.05 or t["a_only"] >= t["b_only"] for t in tests)}}
-
-
-def summarise(runs: list[dict]) -> list[dict]:
+def summarise(runs: list[dict], known: dict) -> list[dict]:
     """Per (pattern, sparsity, method): mean and spread over the draws run at that level; the
-    comparison of compare()."""
+    comparison of compare() (``known``: stored McNemar tests per level, for runs without hits)."""
     out = []
     for pattern, sp in SETTINGS:
         target = 0.5 if pattern == "2:4" else sp
@@ -132,7 +108,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                            "calibration_free": m in CALIBRATION_FREE,
                            **{k: spread([r[k] for r in rs]) for k in ("answer_ce", "acc", "kl", "retention", "ppl", "prune_seconds")}}
         calibrated = [r for r in level if r["method"] not in CALIBRATION_FREE]
-        cmp = compare(calibrated, sorted({r["draw"] for r in calibrated}))
+        cmp = compare(calibrated, sorted({r["draw"] for r in calibrated}), known.get(("", pattern, round(target, 6))))
         for r in rows.values():
             r["best_cap"], r["best_baseline"] = cmp["best_cap"], cmp["best_baseline"]
         if pattern == "unstructured" and sp == 0.5:  # issue #17: the paper's failure point
@@ -156,51 +132,34 @@ def main():
                     help="unstructured sparsities and/or N:M patterns, e.g. 0.5 2:4")
     ap.add_argument("--transfer-settings", nargs="*", default=["0.3", "0.5", "2:4"])
     ap.add_argument("--score-mode", default="exact", choices=("exact", "hybrid"), help="head scoring (hybrid: the host CPU profiles' mode)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                    help="re-run only these (with --keep-stored the stored runs of the others are kept)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
     ap.add_argument("--no-precision-check", action="store_true", help="skip SparseGPT float32 vs float64 on draw 0")
     ap.add_argument("--keep-stored", action="store_true",
-                    help="keep the stored pruning.json's runs of the settings this run does not include (and its transfer "
-                         "rows when --transfer-settings is empty); the evaluation sizes must match")
+                    help="keep the stored pruning.json's runs (and transfer rows) of the settings this run does not include, "
+                         "read when this run writes; the evaluation sizes must match")
+    ap.add_argument("--first-draw", type=int, default=0,
+                    help="run draws first-draw .. first-draw + draws - 1; with --keep-stored the stored earlier draws of "
+                         "this run's settings are kept beside them")
     args = ap.parse_args()
     settings = [parse_setting(st) for st in args.settings]
     lm = load_model(None, device="cpu")
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     ev = EvalSet.build(args.knowledge_per_family, args.suite_per_family, args.gen_per_family)
+    if args.keep_stored:
+        print(f"keeping {len(load_stored(args, ev)['runs'])} stored runs", flush=True)  # fails early on other eval sizes
     ref = dense_reference(lm.model, lm.tokenizer, ev)
     dense = score_torch(lm.model, lm.tokenizer, ev, ref)
     print(f"dense: acc {dense['knowledge']['acc']:.3f} CE {dense['suite']['answer_ce']:.3f} ppl {ref.ppl:.2f}", flush=True)
     runs, scoring, precision = [], [], []
-    stored = {"runs": [], "summary": [], "transfer_summary": [], "transfer": [], "precision": [], "settings": [], "scoring": []}
-    if args.keep_stored:
-        import json
-
-        old = json.loads((RESULTS / "pruning.json").read_text())
-        if old["eval"] != ev.sizes():
-            raise SystemExit(f"--keep-stored: the stored evaluation is {old['eval']}, this run's {ev.sizes()}; use the same sizes")
-        mine = set(settings)  # (pattern, sparsity); parse_setting gives N:M its 0.5
-
-        def kept(pattern: str, sparsity: float) -> bool:
-            return (pattern, sparsity) not in mine
-
-        # their per-problem hits are not stored, so their summaries (McNemar included) are kept as computed
-        stored = {"runs": [r for r in old["runs"] if kept(r["pattern"], r["target_sparsity"])],
-                  "summary": [{"draws": old["draws"], **lv} for lv in old["summary"] if kept(lv["pattern"], lv["sparsity"])],
-                  "transfer_summary": old["transfer_summary"] if not args.transfer_settings else [],
-                  "transfer": old["transfer"] if not args.transfer_settings else [],
-                  "precision": [pc for pc in old["sparsegpt_precision"] if kept(pc["pattern"], pc["sparsity"])],
-                  "settings": [st for st in old["settings"] if kept(*parse_setting(st))],
-                  "scoring": old["scoring"], "transfer_settings": old.get("transfer_settings", []),
-                  "kept_from": old.get("kept_from", []) + [{"settings": [st for st in old["settings"] if st not in
-                                                                         {x for k in old.get("kept_from", []) for x in k["settings"]}],
-                                                            "command": old["command"],
-                                                            "commit": old["commit"], "date": old["machine"]["date"]}]}
-        print(f"keeping {len(stored['runs'])} stored runs of {stored['settings']}", flush=True)
-    for d in range(args.draws):
+    draws = range(args.first_draw, args.first_draw + args.draws)
+    for d in draws:
         cal = calibrate(lm, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
         scoring.append({"draw": d, "seconds": cal["score_seconds"]})
         for pattern, sp in settings:
-            for m in METHODS:
+            for m in args.methods:
                 if m in CALIBRATION_FREE and d > 0:
                     continue
                 r = {**run_setting(lm, original, cal, ev, ref, m, pattern, sp), "draw": d}
@@ -212,8 +171,8 @@ def main():
                     precision.append(pc)
                     print(f"draw 0 sparsegpt float32 vs float64 {pattern} {sp}: masks agree {pc['mask_agreement']:.4f}, "
                           f"CE {pc['answer_ce']['float32']:.3f} vs {pc['answer_ce']['float64']:.3f}", flush=True)
-        if d + 1 < args.draws:  # a complete, smaller result after every draw: a stopped run still leaves one
-            write(args, lm, ev, ref, dense, runs, d + 1, scoring, [], precision, stored)
+        if d + 1 < draws.stop:  # a complete, smaller result after every draw: a stopped run still leaves one
+            write(args, lm, ev, ref, dense, runs, scoring, [], precision)
     transfer = []
     splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
     for calib_spec, know, suite_spec, name in splits:
@@ -229,29 +188,69 @@ def main():
                 transfer.append(r)
                 print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
     lm.model.load_state_dict(original)
-    write(args, lm, ev, ref, dense, runs, args.draws, scoring, transfer, precision, stored)
+    write(args, lm, ev, ref, dense, runs, scoring, transfer, precision)
 
 
-def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[dict], transfer: list[dict],
-          precision: list[dict], stored: dict) -> None:
+def load_stored(args, ev) -> dict:
+    """What --keep-stored keeps of the stored pruning.json, read when this run writes (so two runs of
+    different settings, one after the other or side by side, both end up in it): the runs of other
+    settings, and of this run's settings the draws before --first-draw and the methods it does not
+    run; the transfer rows of other transfer settings; the McNemar tests of stored summaries (runs
+    stored before hits were kept)."""
+    empty = {"runs": [], "transfer": [], "precision": [], "settings": [], "scoring": [], "known": {}, "kept_from": [],
+             "transfer_settings": []}
+    if not args.keep_stored:
+        return empty
+    import json
+
+    old = json.loads((RESULTS / "pruning.json").read_text())
+    if old["eval"] != ev.sizes():
+        raise SystemExit(f"--keep-stored: the stored evaluation is {old['eval']}, this run's {ev.sizes()}; use the same sizes")
+    mine = {parse_setting(st) for st in args.settings}  # (pattern, sparsity); parse_setting gives N:M its 0.5
+    theirs = {parse_setting(st) for st in args.transfer_settings}  # transfer levels this run measures again
+
+    def kept(r: dict) -> bool:
+        return (r["pattern"], r["target_sparsity"]) not in mine or r["draw"] < args.first_draw or r["method"] not in args.methods
+
+    runs = [unpacked(r) for r in old["runs"] if kept(r)]
+    levels = {(r["pattern"], r["target_sparsity"]) for r in runs}
+    credited = {x for k in old.get("kept_from", []) for x in k["settings"]}
+    own = [st for st in old["settings"] if st not in credited and parse_setting(st) in levels]
+    return {"runs": runs,
+            "transfer": [unpacked(r) for r in old["transfer"] if (r["pattern"], r["target_sparsity"]) not in theirs],
+            "precision": [pc for pc in old["sparsegpt_precision"] if (pc["pattern"], pc["sparsity"]) not in mine
+                          or args.first_draw > 0 or args.no_precision_check or "sparsegpt" not in args.methods],
+            "settings": [st for st in old["settings"] if parse_setting(st) in levels],
+            "scoring": old["scoring"], "known": known_tests(old["summary"] + old["transfer_summary"]),
+            "transfer_settings": old.get("transfer_settings", []),
+            "kept_from": [{**k, "settings": [st for st in k["settings"] if parse_setting(st) in levels]}
+                          for k in old.get("kept_from", []) if any(parse_setting(st) in levels for st in k["settings"])]
+                         + ([{"settings": own, "command": old["command"], "commit": old["commit"],
+                              "date": old["machine"]["date"]}] if own else [])}
+
+
+def write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], transfer: list[dict], precision: list[dict]) -> None:
+    stored = load_stored(args, ev)
     order = {setting: i for i, setting in enumerate(SETTINGS)}  # (pattern, sparsity), N:M at 0.5
-    summary = sorted(stored["summary"] + summarise(runs), key=lambda lv: order[(lv["pattern"], lv["sparsity"])])
     runs, transfer, precision = stored["runs"] + runs, stored["transfer"] + transfer, stored["precision"] + precision
-    settings = stored["settings"] + args.settings
-    transfer_settings = args.transfer_settings or stored.get("transfer_settings", [])
+    summary = sorted(summarise(runs, stored["known"]), key=lambda lv: order[(lv["pattern"], lv["sparsity"])])
+    settings = list(dict.fromkeys(stored["settings"] + args.settings))
+    transfer_settings = list(dict.fromkeys(stored["transfer_settings"] + args.transfer_settings))
+    scoring = sorted({s["draw"]: s for s in stored["scoring"] + scoring}.values(), key=lambda s: s["draw"])
     for pc in precision:  # the float32 change against the float64 method's spread over draws
         lv = next(v for v in summary if v["pattern"] == pc["pattern"] and abs(v["sparsity"] - pc["sparsity"]) < 1e-9)
         sg = next(r for r in lv["rows"] if r["method"] == "sparsegpt")
         pc["ce_spread_over_draws"] = {"std": sg["answer_ce"]["std"], "range": sg["answer_ce"]["max"] - sg["answer_ce"]["min"]}
         delta = abs(pc["answer_ce"]["float32"] - pc["answer_ce"]["float64"])
         pc["within_spread"] = lv["draws"] > 1 and delta <= pc["ce_spread_over_draws"]["range"]
-    transfer_summary = list(stored["transfer_summary"])
-    for name in ("A->B", "B->A") if args.transfer_settings else ():
+    transfer_summary = []
+    for name in ("A->B", "B->A"):
         for setting in transfer_settings:
             pattern, sp = parse_setting(setting)
             level = [r for r in transfer if r["split"] == name and r["pattern"] == pattern and abs(r["target_sparsity"] - sp) < 1e-9]
             if level:
-                transfer_summary.append({"split": name, "pattern": pattern, "sparsity": sp, **compare(level, [0])})
+                lv = {"split": name, "pattern": pattern, "sparsity": sp}
+                transfer_summary.append({**lv, **compare(level, [0], stored["known"].get(level_key(lv)))})
     rows = [["dense", "-", "0.00", "1", f"{dense['knowledge']['acc']:.3f}", "-", f"{dense['suite']['answer_ce']:.3f}", "0",
              "1.00", f"{ref.ppl:.1f}", "-"]]
     for lv in summary:
@@ -269,13 +268,27 @@ def write(args, lm, ev, ref, dense, runs: list[dict], draws: int, scoring: list[
                                         f"calibration draws per level ({per}).\n\n{md}\n")
     write_result("pruning", {"model": lm.source, "eval": ev.sizes(), "draws": max(lv["draws"] for lv in summary),
                              "draws_per_level": {f"{lv['pattern']} {lv['sparsity']:.2f}": lv["draws"] for lv in summary},
-                             "draws_requested": args.draws, "settings": settings, "transfer_settings": transfer_settings,
-                             "score_mode": args.score_mode, "kept_from": stored.get("kept_from", []),
-                             "scoring": stored["scoring"] if stored["scoring"] and len(stored["scoring"]) > len(scoring) else scoring,
+                             "draws_requested": args.draws, "first_draw": args.first_draw, "settings": settings,
+                             "transfer_settings": transfer_settings, "score_mode": args.score_mode,
+                             "kept_from": stored["kept_from"], "scoring": scoring,
                              "dense": {"knowledge": dense["knowledge"], "suite": dense["suite"], "ppl": ref.ppl,
                                        "reference": ref.as_dict()},
-                             "summary": summary, "sparsegpt_precision": precision, "transfer_summary": transfer_summary, "transfer": [{k: v for k, v in r.items() if k != "hits"} for r in transfer],
-                             "runs": [{k: v for k, v in r.items() if k != "hits"} for r in runs], "table_md": md})
+                             "summary": summary, "sparsegpt_precision": precision, "transfer_summary": transfer_summary,
+                             "transfer": [packed(r) for r in transfer], "runs": [packed(r) for r in runs], "table_md": md})
+
+
+def packed(run: dict) -> dict:
+    """A run as stored: its per-problem knowledge hits as one string of 0/1 (150 characters), so a
+    later --keep-stored run can recompute paired tests against it."""
+    out = {k: v for k, v in run.items() if k != "hits"}
+    if "hits" in run:
+        out["hits"] = "".join("1" if h else "0" for h in run["hits"])
+    return out
+
+
+def unpacked(run: dict) -> dict:
+    """``packed``'s inverse; runs stored before hits were kept have none."""
+    return {**run, "hits": [c == "1" for c in run["hits"]]} if isinstance(run.get("hits"), str) else run
 
 
 if __name__ == "__main__":

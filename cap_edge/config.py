@@ -104,6 +104,13 @@ class PruneConfig:
     dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
     # CAP-guided methods
     alloc_bound: float = 0.15  # each block's sparsity within target +/- bound
+    # ... and within target +/- share x target (None: no relative limit), so the allocation's spread
+    # shrinks with the target: the same +/-15 points that suit 50% leave blocks at 0% and 25% at a 10% target
+    alloc_bound_share: float | None = None
+    # below this target sparsity every CAP guidance (allocation bound, unit strength, token beta) is
+    # scaled by target / guidance_ramp (None: full strength at every target): a 10% target moves 5x
+    # fewer weights than 50%, and KL to the dense model grows with every weight the guidance moves
+    guidance_ramp: float | None = None
     token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
     # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or
@@ -121,6 +128,18 @@ class PruneConfig:
     refit: bool = True  # structured: least-squares refit of o_proj/down_proj on calibration activations
     refit_problems: int = 256  # calibration problems the refit sees (forward passes only, so more than scoring)
     refit_damp: float = 1.0  # ridge term of the refit, as a share of the mean input energy (benchmarks/structured.py)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The factor on every CAP guidance: min(1, target / guidance_ramp), 1 without a ramp."""
+        return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp)
+
+    @property
+    def effective_alloc_bound(self) -> float:
+        """The CAP-guided allocation's bound around the target: alloc_bound x guidance_scale, capped by
+        alloc_bound_share x target."""
+        b = self.alloc_bound * self.guidance_scale
+        return b if self.alloc_bound_share is None else min(b, self.alloc_bound_share * self.target_sparsity)
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -147,6 +166,10 @@ class PruneConfig:
         _positive("stats_problems", self.stats_problems)
         if self.sparsegpt_dtype not in ("float32", "float64"):
             raise ConfigError(f"sparsegpt_dtype: expected float32 or float64, got {self.sparsegpt_dtype!r}")
+        for name in ("alloc_bound_share", "guidance_ramp"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
+                raise ConfigError(f"{name}: expected a value in (0, 1] or none, got {v!r}")
         for name in ("alloc_bound", "token_beta", "unit_strength"):
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:

@@ -81,6 +81,43 @@ def test_guided_allocation_and_weights_change_the_result(tokenizer):
         prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda"), batch, heads, progress=False)
 
 
+def test_relative_bound_shrinks_the_allocation_with_the_target(tokenizer):
+    batch, heads, chans = _setup(tokenizer)
+    assert PruneConfig(sparsity=0.5, alloc_bound_share=0.3).effective_alloc_bound == pytest.approx(0.15)
+    assert PruneConfig(sparsity=0.1, alloc_bound_share=0.3).effective_alloc_bound == pytest.approx(0.03)
+    assert PruneConfig(sparsity=0.1).effective_alloc_bound == 0.15  # none: the absolute bound alone
+    spreads = {}
+    for share in (None, 0.3):
+        rep = prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda", sparsity=0.1, alloc_bound_share=share), batch,
+                          heads, channel_scores=chans, progress=False)
+        alloc = rep["allocation"]["attn"] + rep["allocation"]["mlp"]
+        assert rep["achieved_sparsity"] == pytest.approx(0.1, abs=0.01)
+        spreads[share] = (min(alloc), max(alloc))
+    assert spreads[0.3][0] >= 0.07 - 1e-9 and spreads[0.3][1] <= 0.13 + 1e-9
+    assert spreads[None][1] - spreads[None][0] > 0.06  # without the share the same scores spread wider
+    for bad in (-0.1, 0, 1.5, True, "0.3"):
+        with pytest.raises(ConfigError, match="alloc_bound_share"):
+            PruneConfig(alloc_bound_share=bad)
+        with pytest.raises(ConfigError, match="guidance_ramp"):
+            PruneConfig(guidance_ramp=bad)
+
+
+def test_guidance_ramp_scales_every_guidance_below_its_target(tokenizer):
+    batch, heads, chans = _setup(tokenizer)
+    assert PruneConfig(sparsity=0.5, guidance_ramp=0.5).guidance_scale == 1.0
+    assert PruneConfig(pattern="2:4", guidance_ramp=0.5).guidance_scale == 1.0
+    cfg = PruneConfig(method="cap-sparsegpt", sparsity=0.1, guidance_ramp=0.5)
+    assert cfg.guidance_scale == pytest.approx(0.2) and cfg.effective_alloc_bound == pytest.approx(0.03)
+    rep = prune_model(make_tiny_llama(), cfg, batch, heads, channel_scores=chans, progress=False)
+    g = rep["guidance"]
+    assert g["unit_strength"] == pytest.approx(0.1) and g["token_beta"] == pytest.approx(0.1)
+    assert rep["calibration_statistics"]["beta"] == pytest.approx(0.1)  # what the statistics were weighted with
+    alloc = rep["allocation"]["attn"] + rep["allocation"]["mlp"]
+    assert min(alloc) >= 0.07 - 1e-9 and max(alloc) <= 0.13 + 1e-9
+    assert prune_model(make_tiny_llama(), PruneConfig(method="wanda", sparsity=0.1, guidance_ramp=0.5), batch,
+                       progress=False)["guidance"] is None  # unguided methods have nothing to scale
+
+
 def test_dense_blocks_take_the_most_important_that_fit_the_budget():
     imp = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
     sizes = torch.tensor([10.0, 30.0, 10.0, 20.0, 30.0])

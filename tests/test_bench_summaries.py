@@ -47,8 +47,56 @@ def test_gemma3_table_says_retention_is_undefined_when_dense_answers_nothing(mon
     dense = {"knowledge": {"acc": 0.7}, "suite": {"answer_ce": 2.9}, "ppl": 100.0,
              "generation": {"questions_asked": 80, "dense_correct": 0}}
     md = gemma3.pruning_md([row], dense)
-    assert row["retention"] is None  # NaN never reaches the JSON
+    assert row["retention"] != row["retention"]  # the table reads its rows, never rewrites them
     assert "nan" not in md and md.count("n/a") >= 2 and "answers 0 of 80" in md
     dense["generation"]["dense_correct"] = 40
     row["retention"] = 0.5
     assert "n/a" not in gemma3.pruning_md([row], dense)
+
+
+@pytest.fixture
+def cmp(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("pruning_compare")
+
+
+def _prun(method, draw, ce, kl, hits=None, acc=None):
+    return {"method": method, "draw": draw, "answer_ce": ce, "kl": kl, "hits": hits,
+            "acc": acc if acc is not None else sum(hits) / len(hits)}
+
+
+BASE_HITS = [True] * 10 + [False] * 10
+
+
+def test_best_cap_is_the_lowest_ce_method_that_meets_every_criterion(cmp):
+    level = [_prun("wanda", d, 4.5, 1.0, BASE_HITS) for d in (0, 1)]
+    level += [_prun("sparsegpt", d, 4.0, 1.4, BASE_HITS) for d in (0, 1)]  # best baseline by CE
+    level += [_prun("cap-sparsegpt", d, 3.7, 1.6, BASE_HITS) for d in (0, 1)]  # lowest CE, KL x1.14
+    level += [_prun("cap-wanda", d, 3.9, 1.3, [True] * 12 + [False] * 8) for d in (0, 1)]  # all criteria
+    out = cmp.compare(level, [0, 1])
+    assert out["best_baseline"] == "sparsegpt"
+    assert out["lowest_ce_cap"] == "cap-sparsegpt" and out["best_cap"] == "cap-wanda"
+    assert out["criteria"] == {"ce_within_0.02": True, "kl_within_5pct": True, "not_significantly_worse": True}
+    assert out["kl_ratio"] == pytest.approx(1.3 / 1.4) and out["ce_gap"] == pytest.approx(-0.1)
+    by = {j["method"]: j for j in out["per_cap"]}
+    assert by["cap-sparsegpt"]["criteria"]["kl_within_5pct"] is False
+    assert [t["a_only"] for t in by["cap-wanda"]["mcnemar_per_draw"]] == [2, 2]
+    # nobody passes: the lowest-CE CAP method is reported, failing
+    level = [r for r in level if r["method"] != "cap-wanda"]
+    out = cmp.compare(level, [0, 1])
+    assert out["best_cap"] == "cap-sparsegpt" and out["criteria"]["kl_within_5pct"] is False
+
+
+def test_runs_without_hits_reuse_stored_tests_or_leave_the_paired_criterion_open(cmp):
+    level = [_prun("wanda", 0, 4.5, 1.0, acc=0.5), _prun("sparsegpt", 0, 4.0, 1.0, acc=0.5),
+             _prun("cap-wanda", 0, 3.9, 1.0, acc=0.45), _prun("cap-sparsegpt", 0, 3.95, 1.0, acc=0.55)]
+    out = cmp.compare(level, [0])
+    by = {j["method"]: j for j in out["per_cap"]}
+    assert by["cap-wanda"]["criteria"]["not_significantly_worse"] is None  # behind, no hits, no stored test
+    assert by["cap-sparsegpt"]["criteria"]["not_significantly_worse"] is True  # ahead: no test can call it worse
+    assert out["best_cap"] == "cap-sparsegpt"  # the only one whose every criterion is decided and met
+    known = {("cap-wanda", "sparsegpt", 0): {"draw": 0, "n": 20, "a_only": 1, "b_only": 2, "p_value": 1.0}}
+    out = cmp.compare(level, [0], known)
+    assert out["best_cap"] == "cap-wanda" and out["mcnemar_per_draw"][0]["reused"] is True
+    stored = [{"pattern": "unstructured", "sparsity": 0.5, **out}]
+    assert cmp.known_tests(stored)[("", "unstructured", 0.5)][("cap-wanda", "sparsegpt", 0)]["a_only"] == 1

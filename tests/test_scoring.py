@@ -25,6 +25,10 @@ def test_engine_mask_equals_zeroed_o_proj_columns(tokenizer, tiny_model):
         ref_model.model.layers[layer].self_attn.o_proj.weight[:, head * hd:(head + 1) * hd] = 0
     ref = ScoringEngine(ref_model, batch, 3).intact()
     assert torch.allclose(masked, ref, rtol=0, atol=1e-6)  # the same numbers up to float32 round-off
+    fresh = ScoringEngine(tiny_model, batch, 3)  # layer_input runs the intact forward itself
+    assert fresh.layer_input(0).shape == (batch.n, batch.input_ids.shape[1], tiny_model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(fresh.layer_input(0), tiny_model.model.embed_tokens(batch.input_ids))
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -207,22 +207,23 @@ class ScoringEngine:
         self.g = self.dec.geom
         self.channel_group = channel_group
         self._inputs: list[torch.Tensor] | None = None
-        self._row_buckets: list | None = None
-        self._prefix = 0
+        self._row_buckets, self._prefix = None, 0  # list | None, int: set by the exact path's first call
         self.intact_rows: torch.Tensor | None = None
         self.forwards = 0  # layer-forwards run, a machine-independent cost measure
 
     @torch.inference_mode()
     def intact(self) -> torch.Tensor:
-        """Run once; keep every layer's input. Returns per-subset intact loss (K,)."""
+        """Run once; keep every layer's input (``layer_input``). Returns per-subset intact loss (K,)."""
         if self._inputs is None:
-            h0 = self.dec.embed(self.batch.input_ids.to(self.dec.device))  # (N, T, D)
-            collect: list[torch.Tensor] = []
-            h = self.dec.run(h0, 0, collect=collect)
+            collect: list[torch.Tensor] = []  # assigned only once complete
+            h = self.dec.run(self.dec.embed(self.batch.input_ids.to(self.dec.device)), 0, collect=collect)  # (N, T, D)
             self.forwards += len(self.dec.layers)
-            self._inputs = collect
-            self.intact_rows = self.dec.answer_nll(h, self.batch)[0]
+            self._inputs, self.intact_rows = collect, self.dec.answer_nll(h, self.batch)[0]
         return subset_losses(self.intact_rows, self.batch, self.K)
+
+    def layer_input(self, layer: int) -> torch.Tensor:
+        self.intact()
+        return self._inputs[layer]  # (N, T, D): the intact forward's input to ``layer``
 
     def units(self, target: str, layer: int = 0) -> tuple[int, int]:
         """(units per layer, width of a unit) for ``heads`` or MLP ``channels`` (groups)."""
