@@ -24,6 +24,7 @@ from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
 from cap_edge.provenance import git_commit
 from cap_edge.pruning import prune_model
+from cap_edge.pruning.methods import get_method
 from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import calibration_problems, check_disjoint
 
@@ -58,6 +59,7 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
     s = score_torch(lm.model, lm.tokenizer, ev, ref)
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
     return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity, "commit": git_commit(),
+            "guidance_ramp": cfg.guidance_ramp if get_method(method).guided else None,
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"],
             "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],
             "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],
@@ -235,7 +237,8 @@ def write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], trans
     runs, transfer, precision = stored["runs"] + runs, stored["transfer"] + transfer, stored["precision"] + precision
     summary = sorted(summarise(runs, stored["known"]), key=lambda lv: order[(lv["pattern"], lv["sparsity"])])
     settings = list(dict.fromkeys(stored["settings"] + args.settings))
-    transfer_settings = list(dict.fromkeys(stored["transfer_settings"] + args.transfer_settings))
+    transfer_settings = sorted(dict.fromkeys(stored["transfer_settings"] + args.transfer_settings),
+                               key=lambda st: order.get(parse_setting(st), len(order)))
     scoring = sorted({s["draw"]: s for s in stored["scoring"] + scoring}.values(), key=lambda s: s["draw"])
     for pc in precision:  # the float32 change against the float64 method's spread over draws
         lv = next(v for v in summary if v["pattern"] == pc["pattern"] and abs(v["sparsity"] - pc["sparsity"]) < 1e-9)

@@ -58,8 +58,11 @@ def compare(level: list[dict], draws: list[int], known: dict | None = None) -> d
     CE gap against the calibration-draw spread, KL ratios, McNemar per draw, the criteria, and every
     CAP method's own judgement."""
     known = known or {}
-    mean = lambda m, k: statistics.mean(r[k] for r in level if r["method"] == m)  # noqa: E731
     present = {r["method"] for r in level}
+    # the draws every method has run (a checkpoint written mid-run may have some methods on fewer draws)
+    draws = [d for d in draws if all(any(r["method"] == m and r["draw"] == d for r in level) for m in present)]
+    level = [r for r in level if r["draw"] in draws]
+    mean = lambda m, k: statistics.mean(r[k] for r in level if r["method"] == m)  # noqa: E731
     best_base = min((m for m in BASELINES if m in present), key=lambda m: mean(m, "answer_ce"))
     per_cap = sorted((judge(level, m, best_base, draws, known) for m in CAP_METHODS if m in present),
                      key=lambda j: j["answer_ce"])

@@ -83,13 +83,14 @@ def test_guided_allocation_and_weights_change_the_result(tokenizer):
 
 def test_relative_bound_shrinks_the_allocation_with_the_target(tokenizer):
     batch, heads, chans = _setup(tokenizer)
-    assert PruneConfig(sparsity=0.5, alloc_bound_share=0.3).effective_alloc_bound == pytest.approx(0.15)
-    assert PruneConfig(sparsity=0.1, alloc_bound_share=0.3).effective_alloc_bound == pytest.approx(0.03)
-    assert PruneConfig(sparsity=0.1).effective_alloc_bound == 0.15  # none: the absolute bound alone
+    off = dict(guidance_ramp=None)  # the relative bound alone
+    assert PruneConfig(sparsity=0.5, alloc_bound_share=0.3, **off).effective_alloc_bound == pytest.approx(0.15)
+    assert PruneConfig(sparsity=0.1, alloc_bound_share=0.3, **off).effective_alloc_bound == pytest.approx(0.03)
+    assert PruneConfig(sparsity=0.1, **off).effective_alloc_bound == 0.15  # none: the absolute bound alone
     spreads = {}
     for share in (None, 0.3):
-        rep = prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda", sparsity=0.1, alloc_bound_share=share), batch,
-                          heads, channel_scores=chans, progress=False)
+        rep = prune_model(make_tiny_llama(), PruneConfig(method="cap-wanda", sparsity=0.1, alloc_bound_share=share, **off),
+                          batch, heads, channel_scores=chans, progress=False)
         alloc = rep["allocation"]["attn"] + rep["allocation"]["mlp"]
         assert rep["achieved_sparsity"] == pytest.approx(0.1, abs=0.01)
         spreads[share] = (min(alloc), max(alloc))

@@ -100,3 +100,10 @@ def test_runs_without_hits_reuse_stored_tests_or_leave_the_paired_criterion_open
     assert out["best_cap"] == "cap-wanda" and out["mcnemar_per_draw"][0]["reused"] is True
     stored = [{"pattern": "unstructured", "sparsity": 0.5, **out}]
     assert cmp.known_tests(stored)[("", "unstructured", 0.5)][("cap-wanda", "sparsegpt", 0)]["a_only"] == 1
+
+
+def test_a_checkpoint_with_some_methods_on_fewer_draws_compares_on_the_shared_draws(cmp):
+    level = [_prun(m, d, 4.0, 1.0, BASE_HITS) for m in ("wanda", "sparsegpt") for d in (0, 1, 2)]
+    level += [_prun("cap-wanda", 0, 3.9, 1.0, BASE_HITS)]  # a run stopped (or checkpointed) after draw 0
+    out = cmp.compare(level, [0, 1, 2])
+    assert [t["draw"] for t in out["mcnemar_per_draw"]] == [0] and out["best_cap"] == "cap-wanda"

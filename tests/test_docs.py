@@ -44,3 +44,30 @@ def test_readme_commands_name_real_cli_commands():
     names = set(get_command(app).commands)
     used = set(re.findall(r"cap-edge ([a-z]+)", (ROOT / "README.md").read_text()))
     assert used and used <= names, used - names
+
+
+def test_profile_defaults_use_the_measured_winner_of_their_level():
+    """Issue #17: a profile's --no-search method is the winner of its (pattern, sparsity) in pruning.json:
+    the best CAP-family method where it meets every criterion against Wanda/SparseGPT, else the best of those."""
+    import json
+    import sys
+
+    from device_profiles import list_profiles, load_profile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pruning_compare import winner
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    levels = {(lv["pattern"], round(lv["sparsity"], 6)): lv
+              for lv in json.loads((ROOT / "benchmarks" / "results" / "pruning.json").read_text())["summary"]}
+    checked = 0
+    for name in list_profiles():
+        pr = load_profile(name).prune
+        lv = levels.get((pr.pattern, round(pr.target_sparsity, 6)))
+        if lv is None or pr.nm_dense:
+            continue
+        assert pr.method == winner(lv), (f"{name}: {pr.method} at {pr.pattern} {pr.target_sparsity}, but pruning.json's "
+                                         f"winner there is {winner(lv)} (criteria {lv['criteria']})")
+        checked += 1
+    assert checked >= 3  # cpu, mobile-npu (50%), jetson-orin (2:4), raspberry-pi-5 (30%)
