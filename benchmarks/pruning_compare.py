@@ -25,11 +25,15 @@ KL_SLACK, CE_SLACK, ALPHA = 1.05, 0.02, 0.05
 
 
 def _paired_test(a: dict, b: dict, d: int, known: dict) -> dict:
-    """McNemar of run a against run b on draw d: from their hits, else a stored test, else the accuracy gap alone."""
+    """McNemar of run a against run b on draw d: from their hits, else a stored test of these same two
+    runs (their answer CE is the fingerprint; a test stored before fingerprints is taken as is: such
+    tests belong to runs never re-measured since), else the accuracy gap alone."""
+    ce = [a["answer_ce"], b["answer_ce"]]
     if a.get("hits") is not None and b.get("hits") is not None:
-        return {"draw": d, **paired(a, b)}
-    if (a["method"], b["method"], d) in known:
-        return {**known[(a["method"], b["method"], d)], "reused": True}
+        return {"draw": d, **paired(a, b), "ce": ce}
+    t = known.get((a["method"], b["method"], d))
+    if t is not None and t.get("ce", ce) == ce:
+        return {**t, "ce": ce, "reused": True}
     return {"draw": d, "acc_gap": a["acc"] - b["acc"], "p_value": None}
 
 

@@ -187,7 +187,8 @@ def glance() -> str:
             rows.append([f"{lv['pattern']} {lv['sparsity']:.0%} pruning", f"best CAP {lv['best_cap']} vs {lv['best_baseline']}",
                          f"answer CE {lv['ce_gap']:+.3f} " + (f"(draw sd {lv['ce_noise']:.3f}: "
                          f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if many
-                         else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}",
+                         else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}; issue #17's "
+                         f"criteria {'met' if all(v is True for v in lv['criteria'].values()) else 'not met'}",
                          "`pruning.json`"])
             if many:
                 pairs = separations(lv)

@@ -107,3 +107,12 @@ def test_a_checkpoint_with_some_methods_on_fewer_draws_compares_on_the_shared_dr
     level += [_prun("cap-wanda", 0, 3.9, 1.0, BASE_HITS)]  # a run stopped (or checkpointed) after draw 0
     out = cmp.compare(level, [0, 1, 2])
     assert [t["draw"] for t in out["mcnemar_per_draw"]] == [0] and out["best_cap"] == "cap-wanda"
+
+
+def test_a_stored_test_is_reused_only_for_the_runs_it_was_computed_on(cmp):
+    level = [_prun("wanda", 0, 4.5, 1.0, acc=0.5), _prun("sparsegpt", 0, 4.0, 1.0, acc=0.5),
+             _prun("cap-wanda", 0, 3.9, 1.0, acc=0.45)]
+    t = {"draw": 0, "n": 20, "a_only": 1, "b_only": 2, "p_value": 1.0}
+    assert cmp.compare(level, [0], {("cap-wanda", "sparsegpt", 0): {**t, "ce": [3.9, 4.0]}})["best_cap"] == "cap-wanda"
+    stale = cmp.compare(level, [0], {("cap-wanda", "sparsegpt", 0): {**t, "ce": [3.7, 4.0]}})  # cap-wanda re-measured since
+    assert stale["mcnemar_per_draw"][0]["p_value"] is None and stale["criteria"]["not_significantly_worse"] is None
