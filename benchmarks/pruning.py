@@ -110,7 +110,7 @@ def summarise(runs: list[dict], known: dict) -> list[dict]:
                            "calibration_free": m in CALIBRATION_FREE,
                            **{k: spread([r[k] for r in rs]) for k in ("answer_ce", "acc", "kl", "retention", "ppl", "prune_seconds")}}
         calibrated = [r for r in level if r["method"] not in CALIBRATION_FREE]
-        cmp = compare(calibrated, sorted({r["draw"] for r in calibrated}), known.get(("", pattern, round(target, 6))))
+        cmp = compare(calibrated, sorted({r["draw"] for r in calibrated}), known.get(level_key({"pattern": pattern, "sparsity": target})))
         for r in rows.values():
             r["best_cap"], r["best_baseline"] = cmp["best_cap"], cmp["best_baseline"]
         if pattern == "unstructured" and sp == 0.5:  # issue #17: the paper's failure point

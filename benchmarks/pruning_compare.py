@@ -24,6 +24,15 @@ CAP_METHODS = ("cap", "cap-wanda", "cap-sparsegpt")
 KL_SLACK, CE_SLACK, ALPHA = 1.05, 0.02, 0.05
 
 
+def met(criteria: dict) -> bool:
+    """Every criterion decided and met (None, undecided, is not met)."""
+    return all(v is True for v in criteria.values())
+
+
+def _mean(level: list[dict], method: str, key: str) -> float:
+    return statistics.mean(r[key] for r in level if r["method"] == method)
+
+
 def _paired_test(a: dict, b: dict, d: int, known: dict) -> dict:
     """McNemar of run a against run b on draw d: from their hits, else a stored test of these same two
     runs (their answer CE is the fingerprint; a test stored before fingerprints is taken as is: such
@@ -46,7 +55,7 @@ def _not_worse(t: dict) -> bool | None:
 def judge(level: list[dict], cap: str, base: str, draws: list[int], known: dict) -> dict:
     """One CAP method against the baseline ``base`` on one level (runs of ``draws``): the CE gap,
     KL ratio and paired tests, and each criterion (True, False or None when it cannot be decided)."""
-    mean = lambda m, k: statistics.mean(r[k] for r in level if r["method"] == m)  # noqa: E731
+    mean = lambda m, k: _mean(level, m, k)  # noqa: E731
     run = lambda m, d: next(r for r in level if r["method"] == m and r["draw"] == d)  # noqa: E731
     tests = [_paired_test(run(cap, d), run(base, d), d, known) for d in draws]
     verdicts = [_not_worse(t) for t in tests]
@@ -66,11 +75,11 @@ def compare(level: list[dict], draws: list[int], known: dict | None = None) -> d
     # the draws every method has run (a checkpoint written mid-run may have some methods on fewer draws)
     draws = [d for d in draws if all(any(r["method"] == m and r["draw"] == d for r in level) for m in present)]
     level = [r for r in level if r["draw"] in draws]
-    mean = lambda m, k: statistics.mean(r[k] for r in level if r["method"] == m)  # noqa: E731
+    mean = lambda m, k: _mean(level, m, k)  # noqa: E731
     best_base = min((m for m in BASELINES if m in present), key=lambda m: mean(m, "answer_ce"))
     per_cap = sorted((judge(level, m, best_base, draws, known) for m in CAP_METHODS if m in present),
                      key=lambda j: j["answer_ce"])
-    passing = [j for j in per_cap if all(v is True for v in j["criteria"].values())]
+    passing = [j for j in per_cap if met(j["criteria"])]
     best = (passing or per_cap)[0]
     sd = lambda m: statistics.stdev([r["answer_ce"] for r in level if r["method"] == m]) if len(draws) > 1 else 0.0  # noqa: E731
     lowest_kl = min(mean(m, "kl") for m in BASELINES if m in present)
@@ -85,7 +94,7 @@ def winner(lv: dict) -> str:
     """The method a profile should use at this level (issue #17: "the profile defaults use the winning
     method for their pattern"): the best CAP method when it meets every criterion, else the best
     baseline."""
-    return lv["best_cap"] if all(v is True for v in lv["criteria"].values()) else lv["best_baseline"]
+    return lv["best_cap"] if met(lv["criteria"]) else lv["best_baseline"]
 
 
 def level_key(lv: dict) -> tuple:

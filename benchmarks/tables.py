@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from _common import md_table
+from pruning_compare import met
 from tables_pruning import pruning, separations
 
 HERE = Path(__file__).resolve().parent
@@ -188,7 +189,7 @@ def glance() -> str:
                          f"answer CE {lv['ce_gap']:+.3f} " + (f"(draw sd {lv['ce_noise']:.3f}: "
                          f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if many
                          else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}; issue #17's "
-                         f"criteria {'met' if all(v is True for v in lv['criteria'].values()) else 'not met'}",
+                         f"criteria {'met' if met(lv['criteria']) else 'not met'}",
                          "`pruning.json`"])
             if many:
                 pairs = separations(lv)

@@ -4,6 +4,7 @@ exceed the spread over calibration draws, SparseGPT's float32-vs-float64 check (
 from __future__ import annotations
 
 from _common import beyond_spread, md_table
+from pruning_compare import met
 
 
 def _test(t: dict) -> str:
@@ -13,7 +14,7 @@ def _test(t: dict) -> str:
 
 
 def _verdict(criteria: dict) -> str:
-    if all(v is True for v in criteria.values()):
+    if met(criteria):
         return "yes"
     failed = [k for k, v in criteria.items() if v is False]
     open_ = [k for k, v in criteria.items() if v is None]

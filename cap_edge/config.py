@@ -145,6 +145,13 @@ class PruneConfig:
         b = self.alloc_bound * self.guidance_scale
         return b if self.alloc_bound_share is None else min(b, self.alloc_bound_share * self.target_sparsity)
 
+    @property
+    def guidance(self) -> dict:
+        """What the CAP-guided methods apply: the scale, allocation bound, unit strength and token beta."""
+        s = self.guidance_scale
+        return {"scale": s, "alloc_bound": self.effective_alloc_bound, "unit_strength": self.unit_strength * s,
+                "token_beta": self.token_beta * s}
+
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
             raise ConfigError(f"method: expected one of {', '.join(PRUNE_METHODS)}, got {self.method!r}")

@@ -91,8 +91,9 @@ def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict
     spec = arch_for(model)
     width = get_module(get_module(model, spec.layers)[0], spec.down).in_features
     nm = cfg.nm
-    alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else cfg.effective_alloc_bound)  # N:M fixes each group's share
-    s = cfg.unit_strength * cfg.guidance_scale
+    g = cfg.guidance
+    alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else g["alloc_bound"])  # N:M fixes each group's share
+    s = g["unit_strength"]
     return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1],
             "importance": imp, "sizes": sizes,  # per block, for the dense-block choice (dense_plan)
             "head_f": [1 + s * rank_normalise(hs[l]) for l in range(L)],
@@ -186,8 +187,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             keep = (S >= thr) if thr is not None else keep_mask(S, target)
             lin.weight.mul_(keep.to(lin.weight.dtype))
     else:
-        beta = cfg.token_beta * cfg.guidance_scale if method.guided else 0.0
-        weights, calib_info = statistic_weights(model, batch, beta, cfg.dedup_prefix)
+        weights, calib_info = statistic_weights(model, batch, cfg.guidance["token_beta"] if method.guided else 0.0,
+                                                cfg.dedup_prefix)
         calib_info["rank"] = []
         dec = Decoder(model)
         h = dec.embed(batch.input_ids.to(dec.device))  # (N, T, D): the "catcher" step, inputs to layer 0
@@ -233,9 +234,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
-            "guidance": {"scale": cfg.guidance_scale, "alloc_bound": cfg.effective_alloc_bound,
-                         "unit_strength": cfg.unit_strength * cfg.guidance_scale,
-                         "token_beta": cfg.token_beta * cfg.guidance_scale} if plan else None,
+            "guidance": cfg.guidance if plan else None,
             "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 
