@@ -35,12 +35,14 @@ def command(argv: list[str] | None = None) -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit, or None outside a git checkout (an installed package)."""
+    """The checkout's short commit; else $CAP_EDGE_COMMIT (a copy of a checkout without its .git, e.g. on a
+    lent GPU machine); else None (an installed package)."""
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)
+        found = r.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() or None
+        found = ""
+    return found or os.environ.get("CAP_EDGE_COMMIT") or None
 
 
 def stamp() -> dict:
