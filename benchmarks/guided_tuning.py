@@ -47,15 +47,20 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # ... and every guidance (bound, unit strength, token beta) scaled by target / 0.5 below 50%
     "cap-wanda ramp 0.5": ("cap-wanda", {**FULL, "guidance_ramp": 0.5}),
     "cap-sparsegpt ramp 0.5": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5}),
+    # fourth round: SparseGPT's kept weights re-solved on the final mask (refit_on_mask), with and without CAP
+    "sparsegpt (round 4)": ("sparsegpt", {}),  # the baseline again, on this round's code
+    "sparsegpt refit 30": ("sparsegpt", {"mask_refit_iters": 30}),
+    "cap-sparsegpt refit 30": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30}),
 }
 
 
 def _knobs(r: dict) -> list[str]:
+    refit = str(r.get("mask_refit_iters") or "-")  # rows before the fourth round predate it (no refit)
     if not r["variant"].startswith("cap"):
-        return ["-", "-", "-", "-", "-"]
+        return ["-", "-", "-", "-", "-", refit]
     share, ramp = r.get("alloc_bound_share"), r.get("guidance_ramp")  # rows of the first rounds predate them (none)
     return [f"{r['alloc_bound']:g}", "-" if share is None else f"{share:g}", "-" if ramp is None else f"{ramp:g}",
-            f"{r['token_beta']:g}", f"{r['unit_strength']:g}"]
+            f"{r['token_beta']:g}", f"{r['unit_strength']:g}", refit]
 
 
 def validation_problems() -> list:
@@ -109,14 +114,15 @@ def main():
             ce = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
             q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
             r = {"setting": setting, "variant": name, "val_answer_ce": ce, "kl_mean": q["kl_mean"], "ppl": q["ppl"],
-                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp", "token_beta", "unit_strength")}}
+                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp", "token_beta", "unit_strength",
+                                                       "mask_refit_iters")}}
             results.append(r)
             rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"] + _knobs(r))
             print(rows[-1], flush=True)
     order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
     rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[1]))
     md = table(rows, ["setting", "variant", "validation answer CE", "KL to dense", "ppl", "prune s", "alloc bound",
-                      "bound share", "guidance ramp", "token beta", "unit strength"])
+                      "bound share", "guidance ramp", "token beta", "unit strength", "mask refit"])
     print(md)
     write_result("guided_tuning", {"validation_problems": len(val), "dense_val_answer_ce": dense, "dense_ppl": ref.ppl,
                                    "results": results, "table_md": md})

@@ -97,6 +97,9 @@ class PruneConfig:
     # the OBS solve's precision: float64 (default) keeps round-off out of the masks where a Hessian is
     # near-singular; float32 agrees on full-rank statistics (tests/test_pruning.py, benchmarks/pruning.py)
     sparsegpt_dtype: str = "float64"
+    # Hessian methods: conjugate-gradient steps re-solving each row's kept weights on its final mask
+    # (sparsegpt.refit_on_mask); 0 keeps SparseGPT's own update
+    mask_refit_iters: int = 0
     # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
     # more problems than scoring needs; 128 give every layer's input statistic full rank on the
     # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
@@ -175,6 +178,8 @@ class PruneConfig:
         if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
             raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
         _positive("stats_problems", self.stats_problems)
+        if isinstance(self.mask_refit_iters, bool) or not isinstance(self.mask_refit_iters, int) or self.mask_refit_iters < 0:
+            raise ConfigError(f"mask_refit_iters: expected an integer >= 0, got {self.mask_refit_iters!r}")
         if self.sparsegpt_dtype not in ("float32", "float64"):
             raise ConfigError(f"sparsegpt_dtype: expected float32 or float64, got {self.sparsegpt_dtype!r}")
         for name in ("alloc_bound_share", "guidance_ramp"):

@@ -19,7 +19,7 @@ from .calibration import InputStats, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import refit_on_mask, sparsegpt_prune
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def dense_plan(model, cfg: PruneConfig, plan: dict | None) -> set[tuple[str, int
 
 def unit_factor(W: torch.Tensor, f: torch.Tensor, axis: int, width: int) -> torch.Tensor:
     """W's shape, each row (axis 0) or column (axis 1) scaled by its unit's factor f (units,)."""
-    per = f.repeat_interleave(width).to(W.dtype)
+    per = f.repeat_interleave(width).to(device=W.device, dtype=W.dtype)
     if per.numel() != W.shape[axis]:
         raise ConfigError(f"unit factors: expected {W.shape[axis]} = units x width along axis {axis}, got {per.numel()}")
     return W * (per[:, None] if axis == 0 else per[None, :])
@@ -207,8 +207,10 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                     continue
                 W = lin.weight.float()
                 if method.stats == "hessian":
-                    Wn, _ = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize, cfg.sparsegpt_damp,
-                                           getattr(torch, cfg.sparsegpt_dtype))
+                    Wn, keep = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize,
+                                               cfg.sparsegpt_damp, getattr(torch, cfg.sparsegpt_dtype))
+                    if cfg.mask_refit_iters:  # SparseGPT froze each column once passed: re-solve on the final mask
+                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, cfg.mask_refit_iters, cfg.sparsegpt_damp)
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
                     lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))

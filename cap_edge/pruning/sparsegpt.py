@@ -67,3 +67,56 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     W[pruned] = 0
     return W.to(weight.dtype), ~pruned
+
+
+def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, iters: int = 30,
+                  percdamp: float = 0.01, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Re-solve the kept weights of every row for the layer's reconstruction error, with the mask fixed.
+
+    weight (out, in): the dense weight W0; pruned (out, in): a pruned solution on ``keep`` (e.g.
+    SparseGPT's, whose OBS updates freeze each column once it is passed, so it is not the optimum of
+    its own mask); hessian (in, in) = X^T X. Minimises tr((W - W0) H (W - W0)^T), H damped as
+    SparseGPT damps it, over W with W[~keep] = 0: each row is an independent quadratic on its own
+    support, solved together by Jacobi-preconditioned conjugate gradients (one (out, in) x (in, in)
+    product per iteration), starting at ``pruned``. Returns the refitted weight (zeros exactly where
+    ``keep`` is False); never worse than ``pruned`` on that objective (checked, else ``pruned``).
+    """
+    rows, cols = weight.shape
+    if hessian.shape != (cols, cols) or pruned.shape != weight.shape or keep.shape != weight.shape:
+        raise ConfigError(f"refit: expected weight/pruned/keep of shape {(rows, cols)} and a ({cols}, {cols}) Hessian, got "
+                          f"{tuple(pruned.shape)}, {tuple(keep.shape)}, {tuple(hessian.shape)}")
+    if iters < 0:
+        raise ConfigError(f"refit: expected iters >= 0, got {iters}")
+    H = hessian.detach().to(dtype).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=dtype, device=H.device)
+    K = (keep & ~dead[None, :]).to(dtype)  # (out, in): free coordinates
+    W0 = weight.detach().to(dtype)
+    W = pruned.detach().to(dtype) * K
+
+    def loss(X):  # (out,): each row's reconstruction error
+        D = X - W0
+        return ((D @ H) * D).sum(1)
+
+    start = loss(W)
+    dinv = 1.0 / torch.diag(H)  # (in,) Jacobi preconditioner
+    R = ((W0 - W) @ H) * K  # (out, in): minus the gradient on the support
+    Z = R * dinv
+    P = Z.clone()
+    rz = (R * Z).sum(1, keepdim=True)  # (out, 1)
+    for _ in range(iters):
+        AP = (P @ H) * K
+        pAp = (P * AP).sum(1, keepdim=True)
+        alpha = torch.where(pAp > 0, rz / pAp.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(pAp))
+        W += alpha * P
+        R -= alpha * AP
+        Z = R * dinv
+        rz_new = (R * Z).sum(1, keepdim=True)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
+        P = Z + beta * P
+        rz = rz_new
+    worse = loss(W) > start  # round-off can only matter on rows already at their optimum
+    W[worse] = pruned.detach().to(dtype)[worse] * K[worse]
+    W[~keep] = 0
+    return W.to(weight.dtype)
