@@ -236,6 +236,14 @@ def glance() -> str:
                        + ", ".join(f"{best_within(d):.3f}" for d in hb["draws"]) + " (draws " + ", ".join(str(d["draw"]) for d in hb["draws"]) + ")")
         rows.append(["hybrid scoring, best possible refinement", f"oracle Spearman {min(orc):.3f}-{max(orc):.3f} at a 15% cost share",
                      detail, "`hybrid_bound.json`"])
+    gc = load("gpu_check")
+    if gc and gc.get("cuda"):
+        sc, pr = gc["scoring"], gc["prune"]
+        rows.append([f"CUDA ({gc['device']}, lent once)", "exact scoring, evaluation and pruning run on the GPU",
+                     "exact scores vs fp32: " + ", ".join(f"{k} Spearman {v['spearman_vs_fp32']:.3f}" for k, v in sc.items()
+                                                          if "spearman_vs_fp32" in v)
+                     + "; 50% prune (stage, scores included): " + ", ".join(f"{m} {v['seconds']:.0f} s" for m, v in pr.items()
+                                                                             if "seconds" in v), "`gpu_check.json`"])
     if g:
         rows.append(["Gemma 3 270M", f"above chance on {', '.join(g['above_chance']) or 'no family'}",
                      f"{sum(1 for e in g['exports'] if e['valid'])} of {len(g['exports'])} exports valid", "`gemma3.json`"])

@@ -35,14 +35,16 @@ def command(argv: list[str] | None = None) -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit; else $CAP_EDGE_COMMIT (a copy of a checkout without its .git, e.g. on a
-    lent GPU machine); else None (an installed package)."""
+    """$CAP_EDGE_COMMIT when set (a copy of a checkout run elsewhere, e.g. on a lent GPU machine, whose
+    .git, if it travels at all, need not be at the copied tree's commit: one such copy reported the
+    session's first commit); else the checkout's short commit; else None (an installed package)."""
+    if os.environ.get("CAP_EDGE_COMMIT"):
+        return os.environ["CAP_EDGE_COMMIT"]
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)
-        found = r.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        found = ""
-    return found or os.environ.get("CAP_EDGE_COMMIT") or None
+        return None
+    return r.stdout.strip() or None
 
 
 def stamp() -> dict:

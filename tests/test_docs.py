@@ -73,7 +73,7 @@ def test_profile_defaults_use_the_measured_winner_of_their_level():
     assert checked >= 3  # cpu, mobile-npu (50%), jetson-orin (2:4), raspberry-pi-5 (30%)
 
 
-def test_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
+def test_commit_of_a_copy_comes_from_the_environment(tmp_path, monkeypatch):
     import cap_edge.provenance as prov
 
     monkeypatch.setattr(prov, "ROOT", tmp_path)  # a copy of the tree without .git (as on a lent GPU machine)
@@ -81,4 +81,6 @@ def test_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path, monke
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert prov.git_commit() is None
     monkeypatch.setenv("CAP_EDGE_COMMIT", "abc1234")
+    assert prov.git_commit() == "abc1234"
+    monkeypatch.setattr(prov, "ROOT", prov.Path(__file__).resolve().parent.parent)  # a checkout: the variable wins
     assert prov.git_commit() == "abc1234"
