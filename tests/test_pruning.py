@@ -166,3 +166,62 @@ def test_sparsegpt_dtype_is_a_validated_config_field_that_reaches_the_solve(toke
     assert agree >= 0.9  # tiny calibration: some near-ties flip; the real-model figure is in pruning.json
     # the dtype reaches the solve: the float32 weights are not bit-identical to the float64 ones
     assert any(not torch.equal(a, b) for a, b in zip(masks["float64_w"], masks["float32_w"]))
+
+
+@pytest.mark.parametrize("nm", [(2, 4), None])
+def test_refit_on_mask_reaches_each_rows_least_squares_optimum(nm):
+    from cap_edge.pruning.sparsegpt import refit_on_mask, sparsegpt_prune
+
+    torch.manual_seed(0)
+    cols = 64
+    X = torch.randn(300, cols, dtype=torch.float64) @ torch.randn(cols, cols, dtype=torch.float64) * 0.3 \
+        + torch.randn(300, cols, dtype=torch.float64)  # (tokens, in): correlated inputs
+    H = X.T @ X
+    W = torch.randn(40, cols, dtype=torch.float64)
+    Ws, keep = sparsegpt_prune(W, H, 0.5, nm)
+    Hd = H + 0.01 * H.diag().mean() * torch.eye(cols, dtype=torch.float64)  # the damping both use
+
+    def loss(Wx):
+        D = Wx - W
+        return float(((D @ Hd) * D).sum())
+
+    exact = torch.zeros_like(W)
+    for r in range(W.shape[0]):  # each row's optimum on its own support: H_SS w_S = (W0 H)_S
+        S = keep[r]
+        exact[r, S] = torch.linalg.solve(Hd[S][:, S], (W[r] @ Hd)[S])
+    assert torch.equal(refit_on_mask(W, Ws, H, keep, 0, dtype=torch.float64), Ws)  # no steps: SparseGPT's own weights
+    Wr = refit_on_mask(W, Ws, H, keep, 60, dtype=torch.float64)
+    assert (Wr[~keep] == 0).all() and torch.equal(Wr != 0, keep)  # the mask (and so the N:M pattern) is unchanged
+    assert loss(exact) < 0.95 * loss(Ws)  # SparseGPT's frozen columns leave room: the check is not vacuous
+    assert loss(Wr) == pytest.approx(loss(exact), rel=1e-9)
+    assert torch.allclose(Wr, exact, atol=1e-6)
+    few = refit_on_mask(W, Ws, H, keep, 3, dtype=torch.float64)
+    assert loss(exact) <= loss(few) < loss(Ws)  # every step descends
+
+
+def test_refit_on_mask_rejects_mismatched_inputs_and_config():
+    from cap_edge.pruning.sparsegpt import refit_on_mask
+
+    W, keep = torch.randn(4, 8), torch.ones(4, 8, dtype=torch.bool)
+    with pytest.raises(ConfigError, match=r"expected weight/pruned/keep of shape \(4, 8\) and a \(8, 8\) Hessian"):
+        refit_on_mask(W, W, torch.eye(6), keep)
+    with pytest.raises(ConfigError, match="expected iters >= 0, got -1"):
+        refit_on_mask(W, W, torch.eye(8), keep, -1)
+    with pytest.raises(ConfigError, match="mask_refit_iters: expected an integer >= 0, got 2.5"):
+        PruneConfig(method="sparsegpt", mask_refit_iters=2.5)
+
+
+def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
+    out = {}
+    for iters in (0, 20):
+        model = make_tiny_llama()
+        batch, scores = _scores(model, tokenizer)
+        rep = prune_model(model, PruneConfig(method="sparsegpt", pattern="2:4", mask_refit_iters=iters), batch, scores,
+                          progress=False)
+        assert rep["achieved_sparsity"] == pytest.approx(0.5, abs=1e-9)
+        out[iters] = [layer.mlp.down_proj.weight.clone() for layer in model.model.layers]
+    # layer 0 sees the same inputs either way: the same 2:4 mask, the refit moves only the kept weights
+    # (later layers see the refitted layers' outputs, so their masks may differ)
+    assert torch.equal(out[0][0] == 0, out[20][0] == 0) and not torch.allclose(out[0][0], out[20][0])
+    for w in out[20]:
+        assert ((w != 0).view(w.shape[0], -1, 4).sum(-1) <= 2).all()

@@ -210,7 +210,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                     Wn, keep = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize,
                                                cfg.sparsegpt_damp, getattr(torch, cfg.sparsegpt_dtype))
                     if cfg.mask_refit_iters:  # SparseGPT froze each column once passed: re-solve on the final mask
-                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, cfg.mask_refit_iters, cfg.sparsegpt_damp)
+                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, cfg.mask_refit_iters, cfg.sparsegpt_damp,
+                                           getattr(torch, cfg.sparsegpt_dtype))
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
                     lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))
