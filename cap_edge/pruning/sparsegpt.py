@@ -9,6 +9,16 @@ import torch
 from ..errors import ConfigError
 
 
+def damped_hessian(hessian: torch.Tensor, percdamp: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H + percdamp x mean(diag H) x I in ``dtype``, dead (in,)): inputs never active get a unit
+    diagonal (their weights cannot matter and are zeroed by the callers)."""
+    H = hessian.detach().to(dtype).clone()  # (in, in)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=dtype, device=H.device)
+    return H, dead
+
+
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None,
                     blocksize: int = 128, percdamp: float = 0.01, dtype: torch.dtype = torch.float64
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,11 +36,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         raise ConfigError(f"sparsegpt: expected a ({cols}, {cols}) Hessian, got {tuple(hessian.shape)}")
     if nm is not None and cols % nm[1]:
         raise ConfigError(f"sparsegpt {nm[0]}:{nm[1]}: expected input features divisible by {nm[1]}, got {cols}")
-    H = hessian.detach().clone().to(dtype)
-    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
-    H[dead, dead] = 1
+    H, dead = damped_hessian(hessian, percdamp, dtype)
     W[:, dead] = 0
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # (in, in) upper
 
     pruned = torch.zeros_like(W, dtype=torch.bool)
@@ -87,10 +94,7 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
                           f"{tuple(pruned.shape)}, {tuple(keep.shape)}, {tuple(hessian.shape)}")
     if iters < 0:
         raise ConfigError(f"refit: expected iters >= 0, got {iters}")
-    H = hessian.detach().to(dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=dtype, device=H.device)
+    H, dead = damped_hessian(hessian, percdamp, dtype)
     K = (keep & ~dead[None, :]).to(dtype)  # (out, in): free coordinates
     W0 = weight.detach().to(dtype)
     W = pruned.detach().to(dtype) * K
