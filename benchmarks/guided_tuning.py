@@ -56,6 +56,11 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "cap-sparsegpt refit 5": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 5}),
     "cap-sparsegpt refit 30 damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
                                                           "sparsegpt_damp": 0.1}),
+    # ... which part of that helps, and whether it needs CAP: the damping alone, the refit without CAP
+    "sparsegpt damp 0.1": ("sparsegpt", {"sparsegpt_damp": 0.1, "mask_refit_iters": 0}),
+    "cap-sparsegpt damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "sparsegpt_damp": 0.1,
+                                                 "mask_refit_iters": 0}),
+    "sparsegpt refit 30 damp 0.1": ("sparsegpt", {"sparsegpt_damp": 0.1, "mask_refit_iters": 30}),
 }
 
 
