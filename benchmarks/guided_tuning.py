@@ -22,13 +22,15 @@ from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate
 from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
+from cap_edge.pruning.methods import get_method, obs_settings
 from cap_edge.quality import measure, reference, torch_primitives
 from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import FAMILIES, calibration_problems, interleave
 from cap_edge.tasks.sources import calib_reserve, embedded
 
 FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the first round's starting point
-        "alloc_bound_share": None, "guidance_ramp": None}  # no relative limit, full guidance at every target
+        "alloc_bound_share": None, "guidance_ramp": None,  # no relative limit, full guidance at every target
+        "sparsegpt_damp": 0.01, "mask_refit_iters": 0}  # SparseGPT's solve as the first three rounds ran it
 VARIANTS = {  # name -> (method, settings); explicit, so a later change of PruneConfig's defaults changes no row
     "sparsegpt": ("sparsegpt", {}),
     "cap-sparsegpt": ("cap-sparsegpt", FULL),
@@ -126,8 +128,10 @@ def main():
             ce = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
             q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
             r = {"setting": setting, "variant": name, "val_answer_ce": ce, "kl_mean": q["kl_mean"], "ppl": q["ppl"],
-                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp", "token_beta", "unit_strength",
-                                                       "mask_refit_iters", "sparsegpt_damp")}}
+                 "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp", "token_beta", "unit_strength")}}
+            if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved
+                obs = obs_settings(cfg, get_method(method))
+                r.update(sparsegpt_damp=obs["damp"], mask_refit_iters=obs["refit_iters"])
             results.append(r)
             rows.append([setting, name, f"{ce:.3f}", f"{q['kl_mean']:.4f}", f"{q['ppl']:.2f}", f"{secs:.0f}"] + _knobs(r))
             print(rows[-1], flush=True)

@@ -59,7 +59,7 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
     s = score_torch(lm.model, lm.tokenizer, ev, ref)
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
     return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity, "commit": git_commit(),
-            "guidance_ramp": cfg.guidance_ramp if get_method(method).guided else None,
+            "guidance_ramp": cfg.guidance_ramp if get_method(method).guided else None, "obs": rep.get("obs"),
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"],
             "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],
             "answer_ce": s["suite"]["answer_ce"], "suite_acc": s["suite"]["acc"], "kl": s["fidelity"]["kl_mean"],

@@ -93,13 +93,15 @@ class PruneConfig:
     sparsity: float = 0.5
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
-    sparsegpt_damp: float = 0.01
     # the OBS solve's precision: float64 (default) keeps round-off out of the masks where a Hessian is
     # near-singular; float32 agrees on full-rank statistics (tests/test_pruning.py, benchmarks/pruning.py)
     sparsegpt_dtype: str = "float64"
-    # Hessian methods: conjugate-gradient steps re-solving each row's kept weights on its final mask
-    # (sparsegpt.refit_on_mask); 0 keeps SparseGPT's own update
-    mask_refit_iters: int = 0
+    # Hessian methods: the damping (share of the mean input energy) and the conjugate-gradient steps
+    # re-solving each row's kept weights on its final mask (sparsegpt.refit_on_mask). None: the
+    # method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, except
+    # cap-sparsegpt under N:M: 0.1 and 30 steps)
+    sparsegpt_damp: float | None = None
+    mask_refit_iters: int | None = None
     # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
     # more problems than scoring needs; 128 give every layer's input statistic full rank on the
     # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
@@ -110,13 +112,10 @@ class PruneConfig:
     # ... and within target +/- share x target (None: no relative limit), so the allocation's spread
     # shrinks with the target: the same +/-15 points that suit 50% leave blocks at 0% and 25% at a 10% target
     alloc_bound_share: float | None = None
-    # below this target sparsity every CAP guidance (allocation bound, unit strength, token beta) is
-    # scaled by target / guidance_ramp (None: full strength at every target): a 10% target moves 5x
-    # fewer weights than 50%, and KL to the dense model grows with every weight the guidance moves.
-    # Chosen on validation problems (benchmarks/results/guided_tuning.json): cap-wanda at 10% answer
-    # CE 2.786 / KL 0.0059 with the ramp vs 2.766 / 0.0150 without (Wanda 2.817 / 0.0061); at 30%
-    # 2.872 / 0.1773 vs 2.845 / 0.2104 (SparseGPT 2.874 / 0.2236, Wanda 2.921 / 0.1841). 50% and N:M
-    # (target 0.5) are unchanged.
+    # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by
+    # target / guidance_ramp (None: full strength): a 10% target moves 5x fewer weights than 50%, and KL
+    # grows with every weight the guidance moves. Chosen on validation (guided_tuning.json): cap-wanda
+    # at 10% CE 2.786 / KL 0.0059 with it vs 2.766 / 0.0150 without (Wanda 2.817 / 0.0061).
     guidance_ramp: float | None = 0.5
     token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
@@ -178,8 +177,12 @@ class PruneConfig:
         if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
             raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
         _positive("stats_problems", self.stats_problems)
-        if isinstance(self.mask_refit_iters, bool) or not isinstance(self.mask_refit_iters, int) or self.mask_refit_iters < 0:
-            raise ConfigError(f"mask_refit_iters: expected an integer >= 0, got {self.mask_refit_iters!r}")
+        v = self.mask_refit_iters
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ConfigError(f"mask_refit_iters: expected an integer >= 0 or none, got {v!r}")
+        v = self.sparsegpt_damp
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ConfigError(f"sparsegpt_damp: expected a number > 0 or none, got {v!r}")
         if self.sparsegpt_dtype not in ("float32", "float64"):
             raise ConfigError(f"sparsegpt_dtype: expected float32 or float64, got {self.sparsegpt_dtype!r}")
         for name in ("alloc_bound_share", "guidance_ramp"):

@@ -207,8 +207,23 @@ def test_refit_on_mask_rejects_mismatched_inputs_and_config():
         refit_on_mask(W, W, torch.eye(6), keep)
     with pytest.raises(ConfigError, match="expected iters >= 0, got -1"):
         refit_on_mask(W, W, torch.eye(8), keep, -1)
-    with pytest.raises(ConfigError, match="mask_refit_iters: expected an integer >= 0, got 2.5"):
+    with pytest.raises(ConfigError, match="mask_refit_iters: expected an integer >= 0 or none, got 2.5"):
         PruneConfig(method="sparsegpt", mask_refit_iters=2.5)
+    with pytest.raises(ConfigError, match="sparsegpt_damp: expected a number > 0 or none, got 0"):
+        PruneConfig(method="sparsegpt", sparsegpt_damp=0)
+
+
+def test_obs_defaults_differ_only_for_cap_sparsegpt_under_nm():
+    from cap_edge.pruning.methods import get_method, obs_settings
+
+    def obs(method, pattern, **kw):
+        return obs_settings(PruneConfig(method=method, pattern=pattern, **kw), get_method(method))
+
+    paper = {"damp": 0.01, "refit_iters": 0}
+    assert obs("sparsegpt", "unstructured") == obs("sparsegpt", "2:4") == obs("cap-sparsegpt", "unstructured") == paper
+    assert obs("cap-sparsegpt", "2:4") == obs("cap-sparsegpt", "4:8") == {"damp": 0.1, "refit_iters": 30}
+    assert obs("cap-sparsegpt", "2:4", sparsegpt_damp=0.01, mask_refit_iters=0) == paper  # explicit values win
+    assert obs("sparsegpt", "2:4", mask_refit_iters=5) == {"damp": 0.01, "refit_iters": 5}
 
 
 def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
@@ -219,6 +234,7 @@ def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
         rep = prune_model(model, PruneConfig(method="sparsegpt", pattern="2:4", mask_refit_iters=iters), batch, scores,
                           progress=False)
         assert rep["achieved_sparsity"] == pytest.approx(0.5, abs=1e-9)
+        assert rep["obs"] == {"damp": 0.01, "refit_iters": iters}  # the report says what the solve used
         out[iters] = [layer.mlp.down_proj.weight.clone() for layer in model.model.layers]
     # layer 0 sees the same inputs either way: the same 2:4 mask, the refit moves only the kept weights
     # (later layers see the refitted layers' outputs, so their masks may differ)

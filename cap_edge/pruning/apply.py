@@ -17,7 +17,7 @@ from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
 from .allocation import allocate, dense_blocks, rank_normalise
 from .calibration import InputStats, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
-from .methods import get_method
+from .methods import get_method, obs_settings
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
 from .sparsegpt import refit_on_mask, sparsegpt_prune
 
@@ -155,6 +155,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                      require_complete=True)
         I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
     dense = dense_plan(model, cfg, plan)  # (kind, layer) blocks left dense
+    obs = obs_settings(cfg, method) if method.stats == "hessian" else None
     t0 = time.perf_counter()
 
     def sparsity_of(path, l):
@@ -208,9 +209,9 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                 W = lin.weight.float()
                 if method.stats == "hessian":
                     Wn, keep = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize,
-                                               cfg.sparsegpt_damp, getattr(torch, cfg.sparsegpt_dtype))
-                    if cfg.mask_refit_iters:  # SparseGPT froze each column once passed: re-solve on the final mask
-                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, cfg.mask_refit_iters, cfg.sparsegpt_damp,
+                                               obs["damp"], getattr(torch, cfg.sparsegpt_dtype))
+                    if obs["refit_iters"]:  # SparseGPT froze each column once passed: re-solve on the final mask
+                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, obs["refit_iters"], obs["damp"],
                                            getattr(torch, cfg.sparsegpt_dtype))
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
@@ -237,7 +238,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
-            "guidance": cfg.guidance if plan else None,
+            "guidance": cfg.guidance if plan else None, "obs": obs,
             "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 
