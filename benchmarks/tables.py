@@ -114,6 +114,13 @@ def mixed_nm(r: dict) -> str:
             + f"\n\nDense blocks on draw 0: {blocks}.")
 
 
+def nm_threads(r: dict) -> str:
+    a, b = r["threads"]
+    return md_table(["2:4 solve", f"mask agreement, {a} vs {b} threads", "first differing matrix", "max |Δ weight|"],
+                    [[name, f"{v['mask_agreement']:.4f}", v["first_differing_matrix"] or "none", f"{v['max_abs_weight_diff']:.3g}"]
+                     for name, v in r["rows"].items()])
+
+
 def structured(r: dict) -> str:
     out = stored("table_md", "accuracy_md", "paired_md")(r)
     d = r.get("draws")
@@ -143,6 +150,7 @@ SECTIONS = [
     ("Prompt formats and the tokenizer", "prompt_formats", stored("table_md", "notes_md")),
     ("Pruning methods over calibration draws", "pruning", pruning),
     ("Mixed dense / 2:4", "mixed_nm", mixed_nm),
+    ("SparseGPT 2:4 and the CPU thread count", "nm_threads", nm_threads),
     ("CAP-guided settings chosen on validation data", "guided_tuning", stored("table_md")),
     ("Build search, cpu profile", "pareto_cpu", pareto),
     ("Build search, jetson-orin profile", "pareto_jetson", pareto),

@@ -77,7 +77,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 
 def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, iters: int = 30,
-                  percdamp: float = 0.01, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  percdamp: float = 0.01, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Re-solve the kept weights of every row for the layer's reconstruction error, with the mask fixed.
 
     weight (out, in): the dense weight W0; pruned (out, in): a pruned solution on ``keep`` (e.g.
@@ -87,6 +87,8 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
     support, solved together by Jacobi-preconditioned conjugate gradients (one (out, in) x (in, in)
     product per iteration), starting at ``pruned``. Returns the refitted weight (zeros exactly where
     ``keep`` is False); never worse than ``pruned`` on that objective (checked, else ``pruned``).
+    float64 by default: over rank-deficient statistics a float32 refit differed by up to 0.35 between
+    a GPU and the CPU (tests/test_cuda.py on an H200).
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols) or pruned.shape != weight.shape or keep.shape != weight.shape:
