@@ -21,10 +21,7 @@ from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
 from cap_edge.scoring import build_calib_batch
 from cap_edge.tasks import calibration_problems
-
-
-def masks_of(model) -> dict:
-    return {n: (m.weight == 0).clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+from pruning import mask_agreement, zero_masks
 
 
 def main():
@@ -46,13 +43,13 @@ def main():
             lm.model.load_state_dict(original)
             t = time.perf_counter()
             prune_model(lm.model, PruneConfig(method="sparsegpt", pattern="2:4", **configs[name]), batch, progress=False)
-            masks[th] = masks_of(lm.model)
+            masks[th] = zero_masks(lm.model)
             weights[th] = {n: m.weight.detach().clone() for n, m in lm.model.named_modules() if n in masks[th]}
             print(name, th, "threads", f"{time.perf_counter() - t:.0f} s", flush=True)
         a, b = (masks[th] for th in args.threads)
         wa, wb = (weights[th] for th in args.threads)
         names = list(a)
-        rows[name] = {"mask_agreement": sum(int((a[n] == b[n]).sum()) for n in names) / sum(a[n].numel() for n in names),
+        rows[name] = {"mask_agreement": mask_agreement(a, b),
                       "first_differing_matrix": next((n for n in names if not torch.equal(a[n], b[n])), None),
                       "max_abs_weight_diff": max(float((wa[n] - wb[n]).abs().max()) for n in names)}
         print(name, rows[name], flush=True)

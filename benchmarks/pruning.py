@@ -70,20 +70,23 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
             "rank": [{k: v["rank"] for k, v in r.items()} for r in ranks] if ranks else None}
 
 
-def zero_masks(model) -> list:
-    """Where the decoder's linear weights are exactly zero (the pruning masks), one bool tensor per matrix."""
-    return [m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+def zero_masks(model) -> dict:
+    """Where the decoder's linear weights are exactly zero (the pruning masks): {module name: bool tensor}."""
+    return {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
+
+
+def mask_agreement(a: dict, b: dict) -> float:
+    """Share of weights whose pruned/kept state is the same in two ``zero_masks`` of one model."""
+    return sum(int((a[n] == b[n]).sum()) for n in a) / sum(m.numel() for m in a.values())
 
 
 def precision_check(lm, original, cal, ev, ref, pattern, sp, ref_row, ref_masks) -> dict:
     """SparseGPT with a float32 OBS solve against the float64 run of the same draw (issue #23): mask
     agreement and the change in the evaluation, to be read against the spread over calibration draws."""
     r = run_setting(lm, original, cal, ev, ref, "sparsegpt", pattern, sp, sparsegpt_dtype="float32")
-    masks = zero_masks(lm.model)
-    same = sum(int((a == b).sum()) for a, b in zip(masks, ref_masks))
-    total = sum(a.numel() for a in masks)
     return {"pattern": pattern, "sparsity": r["target_sparsity"], "draw": ref_row["draw"],
-            "mask_agreement": same / total, "answer_ce": {"float64": ref_row["answer_ce"], "float32": r["answer_ce"]},
+            "mask_agreement": mask_agreement(zero_masks(lm.model), ref_masks),
+            "answer_ce": {"float64": ref_row["answer_ce"], "float32": r["answer_ce"]},
             "acc": {"float64": ref_row["acc"], "float32": r["acc"]}, "kl": {"float64": ref_row["kl"], "float32": r["kl"]},
             "paired": paired(r, ref_row), "prune_seconds": {"float64": ref_row["prune_seconds"], "float32": r["prune_seconds"]}}
 

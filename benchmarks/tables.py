@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from _common import md_table
-from pruning_compare import met
+from pruning_compare import level_key, met
 from tables_pruning import pruning, separations
 
 HERE = Path(__file__).resolve().parent
@@ -265,8 +265,7 @@ def glance() -> str:
 def _solve_note(p: dict, lv: dict) -> str:
     """Where the best CAP method's runs used a refitted OBS solve (cap-sparsegpt under N:M), say that
     the validation ablation credits the reconstruction, not the causal signal."""
-    runs = [r for r in p["runs"] if r["method"] == lv["best_cap"] and r["pattern"] == lv["pattern"]
-            and round(r["target_sparsity"], 6) == round(lv["sparsity"], 6)]
+    runs = [r for r in p["runs"] if r["method"] == lv["best_cap"] and level_key(r) == level_key(lv)]
     if not any((r.get("obs") or {}).get("refit_iters") for r in runs):
         return ""
     return (" (with its damped, refitted N:M solve; on validation the same solve without CAP does as well: "

@@ -156,6 +156,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         I = head_importance(score_matrix(head_scores))  # (L, H) in [1, 10]
     dense = dense_plan(model, cfg, plan)  # (kind, layer) blocks left dense
     obs = obs_settings(cfg, method) if method.stats == "hessian" else None
+    obs_dtype = getattr(torch, cfg.sparsegpt_dtype)  # the OBS solve's and the refit's precision
     t0 = time.perf_counter()
 
     def sparsity_of(path, l):
@@ -209,10 +210,9 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                 W = lin.weight.float()
                 if method.stats == "hessian":
                     Wn, keep = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize,
-                                               obs["damp"], getattr(torch, cfg.sparsegpt_dtype))
+                                               obs["damp"], obs_dtype)
                     if obs["refit_iters"]:  # SparseGPT froze each column once passed: re-solve on the final mask
-                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, obs["refit_iters"], obs["damp"],
-                                           getattr(torch, cfg.sparsegpt_dtype))
+                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, obs["refit_iters"], obs["damp"], obs_dtype)
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
                     lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))

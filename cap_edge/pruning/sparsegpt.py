@@ -99,13 +99,14 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
     H, dead = damped_hessian(hessian, percdamp, dtype)
     K = (keep & ~dead[None, :]).to(dtype)  # (out, in): free coordinates
     W0 = weight.detach().to(dtype)
-    W = pruned.detach().to(dtype) * K
+    W_start = pruned.detach().to(dtype) * K
+    W = W_start.clone()
 
     def loss(X):  # (out,): each row's reconstruction error
         D = X - W0
         return ((D @ H) * D).sum(1)
 
-    start = loss(W)
+    start = loss(W_start)
     dinv = 1.0 / torch.diag(H)  # (in,) Jacobi preconditioner
     R = ((W0 - W) @ H) * K  # (out, in): minus the gradient on the support
     Z = R * dinv
@@ -123,6 +124,6 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
         P = Z + beta * P
         rz = rz_new
     worse = loss(W) > start  # round-off can only matter on rows already at their optimum
-    W[worse] = pruned.detach().to(dtype)[worse] * K[worse]
+    W[worse] = W_start[worse]
     W[~keep] = 0
     return W.to(weight.dtype)
