@@ -1,0 +1,112 @@
+"""Issue #17's accuracy at n >= 300: the knowledge accuracy of each level's best CAP method and best
+baseline (as pruning.json's summary names them), re-pruned on calibration draw 0 exactly as
+pruning.py prunes them and evaluated on 300 knowledge problems (100 per family where the dense
+model is above chance: pruning.py's 150 plus the next 150 of each family's held-out stream), with
+a 95% Wilson interval and a paired McNemar test on the 300.
+
+pruning.py keeps 150 so that a level fits in ~20 min per draw on 2 cores; this script spends its
+time only on the two runs every criterion compares. Each re-pruned run is checked against the
+stored one: its hits on the stored 150 problems must agree (``stored_hits_agreement``), which says
+the same model was evaluated (a changed method default or a thread-count-sensitive N:M solve would
+show here).
+
+    python benchmarks/pruning_n300.py [--levels 0.1 0.2 0.3 0.5 2:4] [--resume]
+
+Writes benchmarks/results/pruning_n300.json (after every level, so a stopped run leaves a result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from _common import RESULTS, write_result
+from pruning import calibrate, parse_setting
+from pruning_compare import ALPHA
+from cap_edge.assess import KNOWLEDGE
+from cap_edge.backend import TorchBackend
+from cap_edge.config import PruneConfig
+from cap_edge.evaluate import evaluate, mcnemar
+from cap_edge.models import load_model
+from cap_edge.provenance import git_commit
+from cap_edge.pruning import prune_model
+from cap_edge.tasks import check_disjoint, load_split
+
+PER_FAMILY = 100  # x 3 families = 300
+STORED_PER_FAMILY = 50  # pruning.py's --knowledge-per-family
+
+
+def stored_run(stored: dict, method: str, pattern: str, sp: float, draw: int) -> dict:
+    return next(r for r in stored["runs"] if r["method"] == method and r["pattern"] == pattern
+                and abs(r["target_sparsity"] - sp) < 1e-9 and r["draw"] == draw)
+
+
+def agreement(new_hits: dict, stored_ids: list[str], stored_hits: str) -> dict:
+    """How many of the stored run's per-problem results the re-pruned model reproduces."""
+    same = sum((new_hits[i]) == (h == "1") for i, h in zip(stored_ids, stored_hits))
+    return {"same": same, "n": len(stored_ids), "share": same / len(stored_ids)}
+
+
+def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp, draw) -> dict:
+    lm.model.load_state_dict(original)
+    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
+    cpu = time.process_time()
+    rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
+    cpu = time.process_time() - cpu
+    res = evaluate(TorchBackend(lm.model, lm.tokenizer, progress=False), lm.tokenizer, problems)
+    hits = {r["id"]: r["pred"] == r["gold"] for r in res["predictions"]}
+    old = stored_run(stored, method, pattern, cfg.target_sparsity, draw)
+    return {"method": method, "draw": draw, "commit": git_commit(), "obs": rep.get("obs"),
+            "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu,
+            **{k: res["overall"][k] for k in ("acc", "ci95", "n", "chance", "answer_ce")},
+            "families": {f: v["acc"] for f, v in res["families"].items()},
+            "stored": {"acc": old["acc"], "n": old["n"], "commit": old["commit"], "obs": old.get("obs")},
+            "stored_hits_agreement": agreement(hits, stored_ids, old["hits"]),
+            "hits": "".join("1" if hits[p.id] else "0" for p in problems)}
+
+
+def level_result(lv: dict, cap: dict, base: dict) -> dict:
+    t = mcnemar([c == "1" for c in cap["hits"]], [c == "1" for c in base["hits"]])
+    return {"pattern": lv["pattern"], "sparsity": lv["sparsity"], "best_cap": cap["method"], "best_baseline": base["method"],
+            "acc_gap": cap["acc"] - base["acc"], "mcnemar": t,
+            "not_significantly_worse": t["p_value"] >= ALPHA or t["a_only"] >= t["b_only"], "runs": [cap, base]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", nargs="+", default=["0.1", "0.2", "0.3", "0.5", "2:4"])
+    ap.add_argument("--draw", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the stored pruning_n300.json's levels this run does not measure")
+    args = ap.parse_args()
+    stored = json.loads((RESULTS / "pruning.json").read_text())
+    lm = load_model(None, device="cpu")
+    original = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    problems = load_split(KNOWLEDGE, "eval", PER_FAMILY)
+    stored_ids = [p.id for p in load_split(KNOWLEDGE, "eval", STORED_PER_FAMILY)]
+    if len(problems) != 3 * PER_FAMILY or stored["eval"]["knowledge"] != len(stored_ids):
+        raise SystemExit(f"expected {3 * PER_FAMILY} problems and pruning.json's {len(stored_ids)}, got {len(problems)} "
+                         f"and {stored['eval']['knowledge']}")
+    cal = calibrate(lm, "embedded", args.draw, stored["score_mode"])
+    check_disjoint(cal["calib"], problems)
+    levels = [] if not args.resume or not (RESULTS / "pruning_n300.json").exists() else \
+        json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]
+    for setting in args.levels:
+        pattern, sp = parse_setting(setting)
+        lv = next(v for v in stored["summary"] if v["pattern"] == pattern and abs(v["sparsity"] - sp) < 1e-9)
+        runs = [measure(lm, original, cal, problems, stored_ids, stored, m, pattern, sp, args.draw)
+                for m in (lv["best_cap"], lv["best_baseline"])]
+        for r in runs:
+            print(f"{setting} {r['method']:14s}: acc {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] n={r['n']} "
+                  f"(stored n={r['stored']['n']}: {r['stored']['acc']:.3f}; stored hits reproduced "
+                  f"{r['stored_hits_agreement']['same']}/{r['stored_hits_agreement']['n']}) {r['prune_seconds']:.0f}s", flush=True)
+        levels = [v for v in levels if (v["pattern"], v["sparsity"]) != (lv["pattern"], lv["sparsity"])]
+        levels.append(level_result(lv, *runs))
+        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"]))
+        write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems), "draw": args.draw,
+                                      "score_mode": stored["score_mode"], "pairs_from": "pruning.json summary (best_cap, best_baseline)",
+                                      "levels": levels})
+
+
+if __name__ == "__main__":
+    main()
