@@ -61,7 +61,7 @@ def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu,
             **{k: res["overall"][k] for k in ("acc", "ci95", "n", "chance", "answer_ce")},
             "families": {f: v["acc"] for f, v in res["families"].items()},
-            "stored": {"acc": old["acc"], "n": old["n"], "commit": old["commit"], "obs": old.get("obs")},
+            "stored": {"acc": old["acc"], "n": old["n"], "commit": old.get("commit"), "obs": old.get("obs")},
             "stored_hits_agreement": agreement(hits, stored_ids, old["hits"]),
             "hits": "".join("1" if hits[p.id] else "0" for p in problems)}
 
