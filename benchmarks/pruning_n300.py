@@ -6,7 +6,8 @@ a 95% Wilson interval and a paired McNemar test on the 300.
 
 pruning.py keeps 150 so that a level fits in ~20 min per draw on 2 cores; this script spends its
 time only on the two runs every criterion compares. Each re-pruned run is checked against the
-stored one: its hits on the stored 150 problems must agree (``stored_hits_agreement``), which says
+stored one: its results on the stored 150 problems must agree (``stored_check``: per problem where
+the stored run kept them, else the accuracy), which says
 the same model was evaluated (a changed method default or a thread-count-sensitive N:M solve would
 show here).
 
@@ -42,10 +43,15 @@ def stored_run(stored: dict, method: str, pattern: str, sp: float, draw: int) ->
                 and abs(r["target_sparsity"] - sp) < 1e-9 and r["draw"] == draw)
 
 
-def agreement(new_hits: dict, stored_ids: list[str], stored_hits: str) -> dict:
-    """How many of the stored run's per-problem results the re-pruned model reproduces."""
-    same = sum((new_hits[i]) == (h == "1") for i, h in zip(stored_ids, stored_hits))
-    return {"same": same, "n": len(stored_ids), "share": same / len(stored_ids)}
+def agreement(new_hits: dict, stored_ids: list[str], old: dict) -> dict:
+    """How much of the stored run the re-pruned model reproduces on the stored problems: each
+    per-problem result where the stored run kept them, else its accuracy (runs stored before hits
+    were kept)."""
+    acc = sum(new_hits[i] for i in stored_ids) / len(stored_ids)
+    out = {"n": len(stored_ids), "acc": acc, "stored_acc": old["acc"], "same_acc": abs(acc - old["acc"]) < 1e-9}
+    if old.get("hits") is not None:
+        out["same"] = sum(new_hits[i] == (h == "1") for i, h in zip(stored_ids, old["hits"]))
+    return out
 
 
 def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp, draw) -> dict:
@@ -62,7 +68,7 @@ def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp
             **{k: res["overall"][k] for k in ("acc", "ci95", "n", "chance", "answer_ce")},
             "families": {f: v["acc"] for f, v in res["families"].items()},
             "stored": {"acc": old["acc"], "n": old["n"], "commit": old.get("commit"), "obs": old.get("obs")},
-            "stored_hits_agreement": agreement(hits, stored_ids, old["hits"]),
+            "stored_check": agreement(hits, stored_ids, old),
             "hits": "".join("1" if hits[p.id] else "0" for p in problems)}
 
 
@@ -98,8 +104,8 @@ def main():
                 for m in (lv["best_cap"], lv["best_baseline"])]
         for r in runs:
             print(f"{setting} {r['method']:14s}: acc {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] n={r['n']} "
-                  f"(stored n={r['stored']['n']}: {r['stored']['acc']:.3f}; stored hits reproduced "
-                  f"{r['stored_hits_agreement']['same']}/{r['stored_hits_agreement']['n']}) {r['prune_seconds']:.0f}s", flush=True)
+                  f"(on the stored {r['stored_check']['n']}: {r['stored_check']['acc']:.3f}, stored {r['stored']['acc']:.3f}; "
+                  f"same results {r['stored_check'].get('same', '-')}) {r['prune_seconds']:.0f}s", flush=True)
         levels = [v for v in levels if (v["pattern"], v["sparsity"]) != (lv["pattern"], lv["sparsity"])]
         levels.append(level_result(lv, *runs))
         levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"]))
