@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
@@ -96,12 +95,14 @@ class PruneConfig:
     # the OBS solve's precision: float64 (default) keeps round-off out of the masks where a Hessian is
     # near-singular; float32 agrees on full-rank statistics (tests/test_pruning.py, benchmarks/pruning.py)
     sparsegpt_dtype: str = "float64"
-    # Hessian methods: the damping (share of the mean input energy) and the conjugate-gradient steps
-    # re-solving each row's kept weights on its final mask (sparsegpt.refit_on_mask). None: the
-    # method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, except
-    # cap-sparsegpt under N:M: 0.1 and 30 steps)
+    # Hessian methods: the damping (share of the mean input energy); the conjugate-gradient re-solve of
+    # each row's kept weights on its final mask (sparsegpt.refit_on_mask): at most iters steps, stopped
+    # once a step gains <= tol x the gain so far, its per-step product in ``products`` precision. None:
+    # the method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, except cap-sparsegpt under N:M)
     sparsegpt_damp: float | None = None
     mask_refit_iters: int | None = None
+    mask_refit_tol: float | None = None
+    mask_refit_products: str | None = None
     # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
     # more problems than scoring needs; 128 give every layer's input statistic full rank on the
     # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
@@ -177,12 +178,13 @@ class PruneConfig:
         if isinstance(self.refit_damp, bool) or not isinstance(self.refit_damp, (int, float)) or self.refit_damp < 0:
             raise ConfigError(f"refit_damp: expected a number >= 0, got {self.refit_damp!r}")
         _positive("stats_problems", self.stats_problems)
-        v = self.mask_refit_iters
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ConfigError(f"mask_refit_iters: expected an integer >= 0 or none, got {v!r}")
-        v = self.sparsegpt_damp
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-            raise ConfigError(f"sparsegpt_damp: expected a number > 0 or none, got {v!r}")
+        for name, ok, what in (("mask_refit_iters", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+                               ("sparsegpt_damp", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+                               ("mask_refit_tol", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+                               ("mask_refit_products", lambda v: v in ("float32", "float64"), "float32 or float64")):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not ok(v)):
+                raise ConfigError(f"{name}: expected {what} or none, got {v!r}")
         if self.sparsegpt_dtype not in ("float32", "float64"):
             raise ConfigError(f"sparsegpt_dtype: expected float32 or float64, got {self.sparsegpt_dtype!r}")
         for name in ("alloc_bound_share", "guidance_ramp"):
@@ -267,8 +269,7 @@ class BuildConfig:
                 _count(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.search is not None and not isinstance(self.search, bool):
             raise ConfigError(f"search: expected true, false or None, got {self.search!r}")
-        if isinstance(self.calib_draw, bool) or not isinstance(self.calib_draw, int) or self.calib_draw < 0:
-            raise ConfigError(f"--calib-draw: expected an integer >= 0, got {self.calib_draw!r}")
+        _count("--calib-draw", self.calib_draw, 0)
 
     @property
     def searching(self) -> bool:

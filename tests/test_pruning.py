@@ -197,6 +197,15 @@ def test_refit_on_mask_reaches_each_rows_least_squares_optimum(nm):
     assert torch.allclose(Wr, exact, atol=1e-6)
     few = refit_on_mask(W, Ws, H, keep, 3, dtype=torch.float64)
     assert loss(exact) <= loss(few) < loss(Ws)  # every step descends
+    # the early stop: most of the gain, short of the optimum (it stopped), and never more steps than asked
+    gain = loss(Ws) - loss(exact)
+    stopped = refit_on_mask(W, Ws, H, keep, 60, dtype=torch.float64, tol=1e-2)
+    assert loss(exact) < loss(stopped) <= loss(exact) + 0.05 * gain
+    assert torch.equal(refit_on_mask(W, Ws, H, keep, 3, dtype=torch.float64, tol=1e-2), few)
+    # float32 products, float64 iterate: the optimum to float32's precision, far below the stop's gap
+    mixed = refit_on_mask(W, Ws, H, keep, 60, dtype=torch.float64, product_dtype=torch.float32)
+    assert loss(mixed) == pytest.approx(loss(exact), rel=1e-5) and torch.equal(mixed != 0, keep)
+    assert not torch.equal(mixed, Wr)  # the products' precision reached the solve
 
 
 def test_refit_on_mask_rejects_mismatched_inputs_and_config():
@@ -205,8 +214,14 @@ def test_refit_on_mask_rejects_mismatched_inputs_and_config():
     W, keep = torch.randn(4, 8), torch.ones(4, 8, dtype=torch.bool)
     with pytest.raises(ConfigError, match=r"expected weight/pruned/keep of shape \(4, 8\) and a \(8, 8\) Hessian"):
         refit_on_mask(W, W, torch.eye(6), keep)
-    with pytest.raises(ConfigError, match="expected iters >= 0, got -1"):
+    with pytest.raises(ConfigError, match="expected iters >= 0 and 0 <= tol < 1, got -1 and 0.0"):
         refit_on_mask(W, W, torch.eye(8), keep, -1)
+    with pytest.raises(ConfigError, match="expected iters >= 0 and 0 <= tol < 1, got 5 and 1.0"):
+        refit_on_mask(W, W, torch.eye(8), keep, 5, tol=1.0)
+    with pytest.raises(ConfigError, match=r"mask_refit_tol: expected a number in \[0, 1\) or none, got -0.1"):
+        PruneConfig(method="sparsegpt", mask_refit_tol=-0.1)
+    with pytest.raises(ConfigError, match="mask_refit_products: expected float32 or float64 or none, got 'bfloat16'"):
+        PruneConfig(method="sparsegpt", mask_refit_products="bfloat16")
     with pytest.raises(ConfigError, match="mask_refit_iters: expected an integer >= 0 or none, got 2.5"):
         PruneConfig(method="sparsegpt", mask_refit_iters=2.5)
     with pytest.raises(ConfigError, match="sparsegpt_damp: expected a number > 0 or none, got 0"):
@@ -219,11 +234,13 @@ def test_obs_defaults_differ_only_for_cap_sparsegpt_under_nm():
     def obs(method, pattern, **kw):
         return obs_settings(PruneConfig(method=method, pattern=pattern, **kw), get_method(method))
 
-    paper = {"damp": 0.01, "refit_iters": 0}
+    paper = {"damp": 0.01, "refit_iters": 0, "refit_tol": 0.0, "refit_products": "float64"}
     assert obs("sparsegpt", "unstructured") == obs("sparsegpt", "2:4") == obs("cap-sparsegpt", "unstructured") == paper
-    assert obs("cap-sparsegpt", "2:4") == obs("cap-sparsegpt", "4:8") == {"damp": 0.1, "refit_iters": 30}
-    assert obs("cap-sparsegpt", "2:4", sparsegpt_damp=0.01, mask_refit_iters=0) == paper  # explicit values win
-    assert obs("sparsegpt", "2:4", mask_refit_iters=5) == {"damp": 0.01, "refit_iters": 5}
+    assert obs("cap-sparsegpt", "2:4") == obs("cap-sparsegpt", "4:8") == \
+        {"damp": 0.1, "refit_iters": 30, "refit_tol": 1e-3, "refit_products": "float32"}
+    assert obs("cap-sparsegpt", "2:4", sparsegpt_damp=0.01, mask_refit_iters=0, mask_refit_tol=0.0,
+               mask_refit_products="float64") == paper  # explicit values win
+    assert obs("sparsegpt", "2:4", mask_refit_iters=5) == {**paper, "refit_iters": 5}
 
 
 def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
@@ -234,7 +251,8 @@ def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
         rep = prune_model(model, PruneConfig(method="sparsegpt", pattern="2:4", mask_refit_iters=iters), batch, scores,
                           progress=False)
         assert rep["achieved_sparsity"] == pytest.approx(0.5, abs=1e-9)
-        assert rep["obs"] == {"damp": 0.01, "refit_iters": iters}  # the report says what the solve used
+        assert rep["obs"] == {"damp": 0.01, "refit_iters": iters, "refit_tol": 0.0,
+                              "refit_products": "float64"}  # the report says what the solve used
         out[iters] = [layer.mlp.down_proj.weight.clone() for layer in model.model.layers]
     # layer 0 sees the same inputs either way: the same 2:4 mask, the refit moves only the kept weights
     # (later layers see the refitted layers' outputs, so their masks may differ)

@@ -212,7 +212,8 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
                     Wn, keep = sparsegpt_prune(W, stats.H[p], sparsity_of(p, l), nm, cfg.sparsegpt_blocksize,
                                                obs["damp"], obs_dtype)
                     if obs["refit_iters"]:  # SparseGPT froze each column once passed: re-solve on the final mask
-                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, obs["refit_iters"], obs["damp"], obs_dtype)
+                        Wn = refit_on_mask(W, Wn, stats.H[p], keep, obs["refit_iters"], obs["damp"], obs_dtype,
+                                           obs["refit_tol"], getattr(torch, obs["refit_products"]))
                     lin.weight.copy_(Wn.to(lin.weight.dtype))
                 else:
                     lin.weight.mul_(keep_mask(score_of(p, W, l, stats), sparsity_of(p, l)).to(lin.weight.dtype))

@@ -77,7 +77,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 
 def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, iters: int = 30,
-                  percdamp: float = 0.01, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                  percdamp: float = 0.01, dtype: torch.dtype = torch.float64, tol: float = 0.0,
+                  product_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Re-solve the kept weights of every row for the layer's reconstruction error, with the mask fixed.
 
     weight (out, in): the dense weight W0; pruned (out, in): a pruned solution on ``keep`` (e.g.
@@ -89,13 +90,20 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
     ``keep`` is False); never worse than ``pruned`` on that objective (checked, else ``pruned``).
     float64 by default: over rank-deficient statistics a float32 refit differed by up to 0.35 between
     a GPU and the CPU (tests/test_cuda.py on an H200).
+
+    ``iters`` caps the steps; ``tol`` > 0 stops earlier, after a step that lowered the matrix's objective by
+    at most ``tol`` x its decrease so far (CG's step k lowers row r's objective by exactly
+    alpha_k rz_k, so the rule costs nothing). ``product_dtype`` (default ``dtype``): the precision of
+    the one (out, in) x (in, in) product per step, the refit's whole cost; float32 halves it on a CPU
+    while the iterate, residual and step sizes stay in ``dtype`` (mixed-precision CG; the final
+    objective check is in ``dtype``).
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols) or pruned.shape != weight.shape or keep.shape != weight.shape:
         raise ConfigError(f"refit: expected weight/pruned/keep of shape {(rows, cols)} and a ({cols}, {cols}) Hessian, got "
                           f"{tuple(pruned.shape)}, {tuple(keep.shape)}, {tuple(hessian.shape)}")
-    if iters < 0:
-        raise ConfigError(f"refit: expected iters >= 0, got {iters}")
+    if iters < 0 or not 0 <= tol < 1:
+        raise ConfigError(f"refit: expected iters >= 0 and 0 <= tol < 1, got {iters} and {tol}")
     H, dead = damped_hessian(hessian, percdamp, dtype)
     K = (keep & ~dead[None, :]).to(dtype)  # (out, in): free coordinates
     W0 = weight.detach().to(dtype)
@@ -108,15 +116,21 @@ def refit_on_mask(weight: torch.Tensor, pruned: torch.Tensor, hessian: torch.Ten
 
     start = loss(W_start)
     dinv = 1.0 / torch.diag(H)  # (in,) Jacobi preconditioner
+    Hp = H if product_dtype in (None, dtype) else H.to(product_dtype)  # (in, in) for the per-step product
     R = ((W0 - W) @ H) * K  # (out, in): minus the gradient on the support
     Z = R * dinv
     P = Z.clone()
     rz = (R * Z).sum(1, keepdim=True)  # (out, 1)
+    done = 0.0  # the objective's decrease so far (all rows)
     for _ in range(iters):
-        AP = (P @ H) * K
+        AP = (P.to(Hp.dtype) @ Hp).to(dtype) * K  # (out, in)
         pAp = (P * AP).sum(1, keepdim=True)
         alpha = torch.where(pAp > 0, rz / pAp.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(pAp))
         W += alpha * P
+        step = float((alpha * rz).sum())  # this step's decrease of the objective
+        done += step
+        if step <= tol * done:
+            break
         R -= alpha * AP
         Z = R * dinv
         rz_new = (R * Z).sum(1, keepdim=True)
