@@ -200,8 +200,8 @@ def load_stored(args, ev) -> dict:
     """What --keep-stored keeps of the stored pruning.json, read when this run writes (so two runs of
     different settings, one after the other or side by side, both end up in it): the runs of other
     settings, and of this run's settings the draws before --first-draw and the methods it does not
-    run; the transfer rows of other transfer settings; the McNemar tests of stored summaries (runs
-    stored before hits were kept)."""
+    run; the transfer rows of other transfer settings and of the methods it does not run there; the
+    McNemar tests of stored summaries (runs stored before hits were kept)."""
     empty = {"runs": [], "transfer": [], "precision": [], "settings": [], "scoring": [], "known": {}, "kept_from": [],
              "transfer_settings": []}
     if not args.keep_stored:
@@ -222,7 +222,8 @@ def load_stored(args, ev) -> dict:
     credited = {x for k in old.get("kept_from", []) for x in k["settings"]}
     own = [st for st in old["settings"] if st not in credited and parse_setting(st) in levels]
     return {"runs": runs,
-            "transfer": [unpacked(r) for r in old["transfer"] if (r["pattern"], r["target_sparsity"]) not in theirs],
+            "transfer": [unpacked(r) for r in old["transfer"]
+                         if (r["pattern"], r["target_sparsity"]) not in theirs or r["method"] not in args.transfer_methods],
             "precision": [pc for pc in old["sparsegpt_precision"] if (pc["pattern"], pc["sparsity"]) not in mine
                           or args.first_draw > 0 or args.no_precision_check or "sparsegpt" not in args.methods],
             "settings": [st for st in old["settings"] if parse_setting(st) in levels],
