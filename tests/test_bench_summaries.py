@@ -116,3 +116,44 @@ def test_a_stored_test_is_reused_only_for_the_runs_it_was_computed_on(cmp):
     assert cmp.compare(level, [0], {("cap-wanda", "sparsegpt", 0): {**t, "ce": [3.9, 4.0]}})["best_cap"] == "cap-wanda"
     stale = cmp.compare(level, [0], {("cap-wanda", "sparsegpt", 0): {**t, "ce": [3.7, 4.0]}})  # cap-wanda re-measured since
     assert stale["mcnemar_per_draw"][0]["p_value"] is None and stale["criteria"]["not_significantly_worse"] is None
+
+
+def test_keep_stored_keeps_transfer_rows_of_methods_this_run_does_not_run(monkeypatch, tmp_path):
+    import argparse
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    pruning = importlib.import_module("pruning")
+
+    def row(method, pattern, sp, **kw):
+        return {"method": method, "pattern": pattern, "target_sparsity": sp, "draw": 0, "answer_ce": 3.0, **kw}
+
+    stored = {"eval": {"knowledge": 3}, "runs": [row("wanda", "unstructured", 0.3)], "settings": ["0.3"],
+              "transfer": [row(m, p, 0.5, split="A->B") for m in ("sparsegpt", "cap-sparsegpt") for p in ("2:4", "unstructured")],
+              "sparsegpt_precision": [], "scoring": [], "summary": [], "transfer_summary": [], "kept_from": [],
+              "command": "c", "commit": "x", "machine": {"date": "d"}}
+    (tmp_path / "pruning.json").write_text(json.dumps(stored))
+    monkeypatch.setattr(pruning, "RESULTS", tmp_path)
+    ev = type("Ev", (), {"sizes": lambda self: {"knowledge": 3}})()
+    args = argparse.Namespace(keep_stored=True, settings=["2:4"], transfer_settings=["2:4"], methods=["cap-sparsegpt"],
+                              transfer_methods=["cap-sparsegpt"], first_draw=0, no_precision_check=True)
+    kept = pruning.load_stored(args, ev)["transfer"]
+    # this run re-measures only cap-sparsegpt at 2:4: SparseGPT's 2:4 row and every 50% row stay
+    assert sorted((r["method"], r["pattern"]) for r in kept) == [("cap-sparsegpt", "unstructured"), ("sparsegpt", "2:4"),
+                                                                 ("sparsegpt", "unstructured")]
+
+
+def test_n300_checks_the_stored_run_and_tests_the_pair(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    n300 = importlib.import_module("pruning_n300")
+    new = {"a": True, "b": False, "c": True}
+    same = n300.agreement(new, ["a", "b"], {"acc": 0.5, "hits": "10"})
+    assert same == {"n": 2, "acc": 0.5, "stored_acc": 0.5, "same_acc": True, "same": 2}
+    other = n300.agreement(new, ["a", "b"], {"acc": 1.0, "hits": "11"})
+    assert other["same"] == 1 and other["same_acc"] is False
+    assert "same" not in n300.agreement(new, ["a", "b"], {"acc": 0.5})  # stored before hits were kept: accuracy only
+    cap, base = {"method": "cap-wanda", "acc": 0.9, "hits": "1" * 9 + "0"}, {"method": "wanda", "acc": 0.1, "hits": "0" * 9 + "1"}
+    lv = n300.level_result({"pattern": "unstructured", "sparsity": 0.5}, cap, base)
+    assert lv["mcnemar"]["a_only"] == 9 and lv["mcnemar"]["b_only"] == 1 and lv["not_significantly_worse"]
+    behind = n300.level_result({"pattern": "unstructured", "sparsity": 0.5}, base, cap)
+    assert behind["mcnemar"]["p_value"] < 0.05 and not behind["not_significantly_worse"]
