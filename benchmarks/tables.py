@@ -14,7 +14,7 @@ from pathlib import Path
 
 from _common import md_table
 from pruning_compare import level_key, met
-from tables_pruning import pruning, separations
+from tables_pruning import n300, n300_note, pruning, refit_speed, separations
 
 HERE = Path(__file__).resolve().parent
 RESULTS, ROOT = HERE / "results", HERE.parent
@@ -150,6 +150,8 @@ SECTIONS = [
     ("Prompt formats and the tokenizer", "prompt_formats", stored("table_md", "notes_md")),
     ("Pruning methods over calibration draws", "pruning", pruning),
     ("Mixed dense / 2:4", "mixed_nm", mixed_nm),
+    ("Accuracy at n=300: best CAP vs best baseline", "pruning_n300", n300),
+    ("The mask refit's stop and precision", "refit_speed", refit_speed),
     ("SparseGPT 2:4 and the CPU thread count", "nm_threads", nm_threads),
     ("CAP-guided settings chosen on validation data", "guided_tuning", stored("table_md")),
     ("Build search, cpu profile", "pareto_cpu", pareto),
@@ -181,7 +183,7 @@ def results_md() -> str:
 def glance() -> str:
     """The README's short table: one line per question, with the figure and its source."""
     rows = []
-    p, s, g, rb = load("pruning"), load("speed"), load("gemma3"), load("robustness")
+    p, s, g, rb, n3 = load("pruning"), load("speed"), load("gemma3"), load("robustness"), load("pruning_n300")
     for name in ("pareto_cpu", "pareto_jetson"):
         r = load(name)
         if r:
@@ -197,7 +199,7 @@ def glance() -> str:
                          f"answer CE {lv['ce_gap']:+.3f} " + (f"(draw sd {lv['ce_noise']:.3f}: "
                          f"{'beyond' if abs(lv['ce_gap']) > 2 * lv['ce_noise'] else 'within'} 2 sd)" if many
                          else "(one calibration draw: spread not measured)") + f", KL x{lv['kl_ratio']:.2f}; issue #17's "
-                         f"criteria {'met' if met(lv['criteria']) else 'not met'}" + _solve_note(p, lv),
+                         f"criteria {'met' if met(lv['criteria']) else 'not met'}" + _solve_note(p, lv) + n300_note(n3, lv),
                          "`pruning.json`"])
             if many:
                 pairs = separations(lv)

@@ -119,3 +119,53 @@ def pruning(r: dict) -> str:
                 + "; ".join(f"{lv['pattern']} {lv['sparsity']:.2f}: " + ", ".join(f"{m} {v:.2f}x" for m, v in lv["prune_time_vs_sparsegpt"].items())
                             for lv in times) + "."]
     return "\n".join(out)
+
+
+def n300_rows(r: dict) -> list[list]:
+    rows = []
+    for lv in r["levels"]:
+        for run in lv["runs"]:
+            c = run["stored_check"]
+            check = f"{c['same']}/{c['n']} same results" if "same" in c else (
+                f"same accuracy ({c['acc']:.3f})" if c["same_acc"] else f"**differs**: {c['acc']:.3f} vs stored {c['stored_acc']:.3f}")
+            rows.append([f"{lv['pattern']} {lv['sparsity']:.2f}", run["method"], f"{run['acc']:.3f} [{run['ci95'][0]:.3f}, {run['ci95'][1]:.3f}]",
+                         f"{run['answer_ce']:.3f}", check])
+        t = lv["mcnemar"]
+        rows.append(["", f"{lv['best_cap']} vs {lv['best_baseline']}", f"{lv['acc_gap']:+.3f}",
+                     f"McNemar {t['a_only']}/{t['b_only']} p={t['p_value']:.2g}", "not significantly worse: "
+                     + ("yes" if lv["not_significantly_worse"] else "no")])
+    return rows
+
+
+def n300(r: dict) -> str:
+    return (f"Each level's best CAP method and best baseline (pruning.json's summary), calibration draw {r['draw']} re-pruned, "
+            f"knowledge accuracy on n={r['n']} ({r['knowledge']}; pruning.py's 150 and the next 150), 95% Wilson CI, paired "
+            "McNemar (CAP-only/baseline-only). The last column checks the re-pruned model against the stored run on its "
+            "150 problems (per problem where the run kept them, else the accuracy).\n\n"
+            + md_table(["level", "method", "knowledge acc [95% CI]", "knowledge answer CE", "vs the stored run"], n300_rows(r)))
+
+
+def n300_note(r: dict | None, lv: dict) -> str:
+    """The README glance's n=300 accuracy test for one pruning.json level, where measured."""
+    m = next((x for x in (r or {}).get("levels", []) if x["pattern"] == lv["pattern"] and abs(x["sparsity"] - lv["sparsity"]) < 1e-9
+              and x["best_cap"] == lv["best_cap"]), None)
+    if not m:
+        return ""
+    cap, base = m["runs"]
+    t = m["mcnemar"]
+    return (f"; knowledge acc n={r['n']}: {cap['acc']:.3f} vs {base['acc']:.3f}, McNemar {t['a_only']}/{t['b_only']} "
+            f"p={t['p_value']:.2g} (`pruning_n300.json`)")
+
+
+def refit_speed(r: dict) -> str:
+    m = r["matrices"]
+    rows = [[k, f"{v['prune_seconds']:.0f}", f"{r['ratio_to_sparsegpt'].get(k, 1.0):.2f}x",
+             ", ".join(f"{a} {b}" for a, b in v["obs"].items()) if v.get("obs") else "-"] for k, v in r["prunes"].items()]
+    return (f"{m['matrices']} matrices of a cap-sparsegpt 2:4 prune (draw 0): refit objective's excess over 60 float64 CG steps, "
+            f"median / max: default (stop {r['default_obs']['refit_tol']:g}, {r['default_obs']['refit_products']} products) "
+            f"{m['excess_new']['median']:.1e} / {m['excess_new']['max']:.1e}, previous fixed 30 float64 steps "
+            f"{m['excess_old']['median']:.1e} / {m['excess_old']['max']:.1e}; the default keeps at least "
+            f"{m['gain_share_new_min']:.1%} of each matrix's possible gain; largest weight difference between the two "
+            f"{m['max_weight_diff']['max']:.2g}; refit CPU seconds {m['refit_seconds']['new']:.0f} vs {m['refit_seconds']['old']:.0f}. "
+            f"Whole 2:4 prunes side by side ({r['threads']} thread(s), process CPU seconds):\n\n"
+            + md_table(["prune", "CPU s", "vs SparseGPT", "OBS solve"], rows))
