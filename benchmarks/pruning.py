@@ -18,7 +18,7 @@ import time
 import torch
 
 from _common import RESULTS, spread, table, write_result
-from pruning_compare import compare, known_tests, level_key
+from pruning_compare import BASELINES, CAP_METHODS, compare, known_tests, level_key
 from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
 from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
@@ -255,7 +255,8 @@ def write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], trans
         for setting in transfer_settings:
             pattern, sp = parse_setting(setting)
             level = [r for r in transfer if r["split"] == name and r["pattern"] == pattern and abs(r["target_sparsity"] - sp) < 1e-9]
-            if level:
+            methods = {r["method"] for r in level}
+            if methods & set(CAP_METHODS) and methods & set(BASELINES):  # a checkpoint may hold one side's stored rows only
                 lv = {"split": name, "pattern": pattern, "sparsity": sp}
                 transfer_summary.append({**lv, **compare(level, [0], stored["known"].get(level_key(lv)))})
     rows = [["dense", "-", "0.00", "1", f"{dense['knowledge']['acc']:.3f}", "-", f"{dense['suite']['answer_ce']:.3f}", "0",
