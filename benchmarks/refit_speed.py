@@ -26,7 +26,7 @@ from _common import write_result
 from pruning import calibrate
 from cap_edge.config import PruneConfig
 from cap_edge.models import load_model
-from cap_edge.pruning.methods import NM_GUIDED_OBS
+from cap_edge.pruning.methods import GUIDED_OBS
 from cap_edge.pruning.sparsegpt import damped_hessian, refit_on_mask
 
 PREVIOUS = {"mask_refit_tol": 0.0, "mask_refit_products": "float64"}  # 30 float64 steps, every one
@@ -42,7 +42,7 @@ def main():
     lm = load_model(None, device="cpu")
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     cal = calibrate(lm, "embedded", 0, "hybrid")
-    obs = NM_GUIDED_OBS
+    obs = GUIDED_OBS
     per = []
 
     def compared(weight, pruned, hessian, keep, iters, percdamp, dtype, tol, product_dtype):

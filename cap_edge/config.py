@@ -98,7 +98,7 @@ class PruneConfig:
     # Hessian methods: the damping (share of the mean input energy); the conjugate-gradient re-solve of
     # each row's kept weights on its final mask (sparsegpt.refit_on_mask): at most iters steps, stopped
     # once a step gains <= tol x the gain so far, its per-step product in ``products`` precision. None:
-    # the method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, except cap-sparsegpt under N:M)
+    # the method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, but cap-sparsegpt >= 50%)
     sparsegpt_damp: float | None = None
     mask_refit_iters: int | None = None
     mask_refit_tol: float | None = None

@@ -228,16 +228,18 @@ def test_refit_on_mask_rejects_mismatched_inputs_and_config():
         PruneConfig(method="sparsegpt", sparsegpt_damp=0)
 
 
-def test_obs_defaults_differ_only_for_cap_sparsegpt_under_nm():
+def test_obs_defaults_differ_only_for_cap_sparsegpt_under_nm_or_from_half():
     from cap_edge.pruning.methods import get_method, obs_settings
 
     def obs(method, pattern, **kw):
         return obs_settings(PruneConfig(method=method, pattern=pattern, **kw), get_method(method))
 
     paper = {"damp": 0.01, "refit_iters": 0, "refit_tol": 0.0, "refit_products": "float64"}
-    assert obs("sparsegpt", "unstructured") == obs("sparsegpt", "2:4") == obs("cap-sparsegpt", "unstructured") == paper
-    assert obs("cap-sparsegpt", "2:4") == obs("cap-sparsegpt", "4:8") == \
-        {"damp": 0.1, "refit_iters": 30, "refit_tol": 1e-3, "refit_products": "float32"}
+    guided = {"damp": 0.1, "refit_iters": 30, "refit_tol": 1e-3, "refit_products": "float32"}
+    assert obs("sparsegpt", "unstructured") == obs("sparsegpt", "2:4") == paper
+    assert obs("cap-sparsegpt", "unstructured", sparsity=0.3) == obs("cap-sparsegpt", "unstructured", sparsity=0.49) == paper
+    assert obs("cap-sparsegpt", "2:4") == obs("cap-sparsegpt", "4:8") == guided
+    assert obs("cap-sparsegpt", "unstructured", sparsity=0.5) == obs("cap-sparsegpt", "unstructured", sparsity=0.7) == guided
     assert obs("cap-sparsegpt", "2:4", sparsegpt_damp=0.01, mask_refit_iters=0, mask_refit_tol=0.0,
                mask_refit_products="float64") == paper  # explicit values win
     assert obs("sparsegpt", "2:4", mask_refit_iters=5) == {**paper, "refit_iters": 5}
