@@ -14,7 +14,7 @@ at SparseGPT's damping 0.01 it lowers answer CE but raises KL on held-out text b
 calibration statistics' directions; first measured with a float32 refit, 3.601 / 2.393 for SparseGPT
 and 3.308 / 2.386 for cap-sparsegpt, rows removed when the refit moved to float64); with damping 0.1
 for both solves cap-sparsegpt + refit (3.532 / 2.050) dominates cap-sparsegpt's earlier 2:4 setting
-(3.603 / 2.518), so it is cap-sparsegpt's N:M default (pruning.methods.NM_GUIDED_OBS). The ablations
+(3.603 / 2.518), so it is cap-sparsegpt's N:M default (pruning.methods.GUIDED_OBS). The ablations
 say the gain is the reconstruction's, not CAP's: the same damping and refit without CAP give 3.517 /
 1.979, and damping alone 4.499 / 2.122 (SparseGPT) and 4.034 / 2.252 (cap-sparsegpt). The fifth
 round checked the refit made cheaper (stopped once a step gains <= 0.1% of the gain so far, float32

@@ -28,7 +28,7 @@ from cap_edge.tasks import check_disjoint
 from pruning import calibrate, run_setting
 
 # Both methods with SparseGPT's own solve (damping 0.01, no refit), as every stored row was measured:
-# cap-sparsegpt's N:M default (damping 0.1 + refit, pruning.methods.NM_GUIDED_OBS) is not measured here
+# cap-sparsegpt's N:M default (damping 0.1 + refit, pruning.methods.GUIDED_OBS) is not measured here
 PAPER_SOLVE = {"sparsegpt_damp": 0.01, "mask_refit_iters": 0}
 ROWS = (("sparsegpt", 0.0, "cap"), ("cap-sparsegpt", 0.0, "cap"), ("sparsegpt", None, "depth"),
         ("cap-sparsegpt", None, "depth"), ("cap-sparsegpt", None, "cap"))  # (method, dense share, chosen by)

@@ -265,12 +265,12 @@ def glance() -> str:
 
 
 def _solve_note(p: dict, lv: dict) -> str:
-    """Where the best CAP method's runs used a refitted OBS solve (cap-sparsegpt under N:M), say that
+    """Where the best CAP method's runs used a refitted OBS solve (cap-sparsegpt under N:M and from 50%), say that
     the validation ablation credits the reconstruction, not the causal signal."""
     runs = [r for r in p["runs"] if r["method"] == lv["best_cap"] and level_key(r) == level_key(lv)]
     if not any((r.get("obs") or {}).get("refit_iters") for r in runs):
         return ""
-    return (" (with its damped, refitted N:M solve; on validation the same solve without CAP does as well: "
+    return (" (with its damped, refitted solve; on validation the same solve without CAP does as well: "
             "the gain is the reconstruction's, guided_tuning.json)")
 
 
