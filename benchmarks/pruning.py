@@ -50,12 +50,17 @@ def calibrate(lm, spec: str, draw: int, mode: str = "exact"):
     return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": time.perf_counter() - t}
 
 
-def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dict:
+def prune_timed(lm, original, cal, cfg: PruneConfig) -> tuple[dict, float]:
+    """Prune the dense model (restored from ``original``) with one draw's calibration: (report, CPU seconds)."""
     lm.model.load_state_dict(original)
-    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern, **extra)
     cpu = time.process_time()  # CPU seconds: this run shares the host with other benchmarks (wall time would count them)
     rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
-    cpu = time.process_time() - cpu
+    return rep, time.process_time() - cpu
+
+
+def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dict:
+    cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern, **extra)
+    rep, cpu = prune_timed(lm, original, cal, cfg)
     s = score_torch(lm.model, lm.tokenizer, ev, ref)
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
     return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity, "commit": git_commit(),

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from _common import RESULTS, write_result
-from pruning import calibrate, parse_setting
+from pruning import calibrate, parse_setting, prune_timed
 from pruning_compare import ALPHA
 from cap_edge.assess import KNOWLEDGE
 from cap_edge.backend import TorchBackend
@@ -31,7 +30,6 @@ from cap_edge.config import PruneConfig
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.provenance import git_commit
-from cap_edge.pruning import prune_model
 from cap_edge.tasks import check_disjoint, load_split
 
 PER_FAMILY = 100  # x 3 families = 300
@@ -55,11 +53,8 @@ def agreement(new_hits: dict, stored_ids: list[str], old: dict) -> dict:
 
 
 def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp, draw) -> dict:
-    lm.model.load_state_dict(original)
     cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
-    cpu = time.process_time()
-    rep = prune_model(lm.model, cfg, cal["batch"], cal["heads"], progress=False, channel_scores=cal["chans"])
-    cpu = time.process_time() - cpu
+    rep, cpu = prune_timed(lm, original, cal, cfg)
     res = evaluate(TorchBackend(lm.model, lm.tokenizer, progress=False), lm.tokenizer, problems)
     hits = {r["id"]: r["pred"] == r["gold"] for r in res["predictions"]}
     old = stored_run(stored, method, pattern, cfg.target_sparsity, draw)

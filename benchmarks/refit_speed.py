@@ -23,7 +23,7 @@ import torch
 
 import cap_edge.pruning.apply as apply
 from _common import write_result
-from pruning import calibrate
+from pruning import calibrate, prune_timed
 from cap_edge.config import PruneConfig
 from cap_edge.models import load_model
 from cap_edge.pruning.methods import GUIDED_OBS
@@ -77,11 +77,8 @@ def main():
     prunes = {}
     for name, method, over in (("sparsegpt", "sparsegpt", {}), ("cap-sparsegpt (previous refit)", "cap-sparsegpt", PREVIOUS),
                                ("cap-sparsegpt", "cap-sparsegpt", {})):
-        lm.model.load_state_dict(original)
-        cpu = time.process_time()
-        rep = apply.prune_model(lm.model, PruneConfig(method=method, pattern="2:4", **over), cal["batch"], cal["heads"],
-                                progress=False, channel_scores=cal["chans"])
-        prunes[name] = {"prune_seconds": time.process_time() - cpu, "obs": rep["obs"]}
+        rep, cpu = prune_timed(lm, original, cal, PruneConfig(method=method, pattern="2:4", **over))
+        prunes[name] = {"prune_seconds": cpu, "obs": rep["obs"]}
         print(f"{name}: {prunes[name]['prune_seconds']:.0f} CPU s", flush=True)
     base = prunes["sparsegpt"]["prune_seconds"]
     ratios = {k: v["prune_seconds"] / base for k, v in prunes.items() if k != "sparsegpt"}
