@@ -54,7 +54,7 @@ def main():
     dense = score_torch(lm.model, lm.tokenizer, ev, ref)
     runs = []
     for d in range(args.draws):
-        cal = calibrate(lm, "embedded", d, args.score_mode)
+        cal = calibrate(lm, original, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
         for method, share, by in ROWS:
             share = args.dense if share is None else share

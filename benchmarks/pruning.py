@@ -36,10 +36,14 @@ SETTINGS = [("unstructured", 0.1), ("unstructured", 0.2), ("unstructured", 0.3),
 HALF_A = "embedded:geography,arithmetic,boolean,comparison,dates,ordering"
 HALF_B = "embedded:animals,opposites,parity,routine,sequences,sizes,tracking"
 KNOW_A, KNOW_B = "embedded:geography", "embedded:animals,opposites"
+SPLITS = {"A->B": (HALF_A, KNOW_B, HALF_B), "B->A": (HALF_B, KNOW_A, HALF_A)}  # calibration, evaluated knowledge, suite
 
 
-def calibrate(lm, spec: str, draw: int, mode: str = "exact"):
-    """Scores (32 problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw."""
+def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact"):
+    """Scores (32 problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw,
+    all of the dense model: its weights (``original``) are restored first, since a run prunes in place
+    and a draw or split calibrated after an earlier prune would otherwise score that pruned model."""
+    lm.model.load_state_dict(original)
     tok = lm.tokenizer
     calib = calibration_problems(spec, 32, draw=draw)
     stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
@@ -145,6 +149,8 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="re-run only these (with --keep-stored the stored runs of the others are kept)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
+    ap.add_argument("--transfer-splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                    help="run only these transfer directions (two runs with --keep-stored can take one each side by side)")
     ap.add_argument("--no-precision-check", action="store_true", help="skip SparseGPT float32 vs float64 on draw 0")
     ap.add_argument("--keep-stored", action="store_true",
                     help="keep the stored pruning.json's runs (and transfer rows) of the settings this run does not include, "
@@ -165,7 +171,7 @@ def main():
     runs, scoring, precision = [], [], []
     draws = range(args.first_draw, args.first_draw + args.draws)
     for d in draws:
-        cal = calibrate(lm, "embedded", d, args.score_mode)
+        cal = calibrate(lm, original, "embedded", d, args.score_mode)
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
         scoring.append({"draw": d, "seconds": cal["score_seconds"]})
         for pattern, sp in settings:
@@ -184,13 +190,14 @@ def main():
         if d + 1 < draws.stop:  # a complete, smaller result after every draw: a stopped run still leaves one
             write(args, lm, ev, ref, dense, runs, scoring, [], precision)
     transfer = []
-    splits = ((HALF_A, KNOW_B, HALF_B, "A->B"), (HALF_B, KNOW_A, HALF_A, "B->A")) if args.transfer_settings else ()
+    splits = [(c, k, e, name) for name, (c, k, e) in SPLITS.items() if name in args.transfer_splits and args.transfer_settings]
     for calib_spec, know, suite_spec, name in splits:
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
         tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
+        lm.model.load_state_dict(original)  # the reference is the dense model's, not the last prune's
         tref = dense_reference(lm.model, lm.tokenizer, tev)
-        cal = calibrate(lm, calib_spec, 0, args.score_mode)
+        cal = calibrate(lm, original, calib_spec, 0, args.score_mode)
         for setting in args.transfer_settings:
             pattern, sp = parse_setting(setting)
             for m in args.transfer_methods:
@@ -205,7 +212,7 @@ def load_stored(args, ev) -> dict:
     """What --keep-stored keeps of the stored pruning.json, read when this run writes (so two runs of
     different settings, one after the other or side by side, both end up in it): the runs of other
     settings, and of this run's settings the draws before --first-draw and the methods it does not
-    run; the transfer rows of other transfer settings and of the methods it does not run there; the
+    run; the transfer rows of other transfer settings and of the methods and splits it does not run there; the
     McNemar tests of stored summaries (runs stored before hits were kept)."""
     empty = {"runs": [], "transfer": [], "precision": [], "settings": [], "scoring": [], "known": {}, "kept_from": [],
              "transfer_settings": []}
@@ -227,8 +234,8 @@ def load_stored(args, ev) -> dict:
     credited = {x for k in old.get("kept_from", []) for x in k["settings"]}
     own = [st for st in old["settings"] if st not in credited and parse_setting(st) in levels]
     return {"runs": runs,
-            "transfer": [unpacked(r) for r in old["transfer"]
-                         if (r["pattern"], r["target_sparsity"]) not in theirs or r["method"] not in args.transfer_methods],
+            "transfer": [unpacked(r) for r in old["transfer"] if (r["pattern"], r["target_sparsity"]) not in theirs
+                         or r["method"] not in args.transfer_methods or r["split"] not in args.transfer_splits],
             "precision": [pc for pc in old["sparsegpt_precision"] if (pc["pattern"], pc["sparsity"]) not in mine
                           or args.first_draw > 0 or args.no_precision_check or "sparsegpt" not in args.methods],
             "settings": [st for st in old["settings"] if parse_setting(st) in levels],

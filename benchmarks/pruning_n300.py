@@ -88,7 +88,7 @@ def main():
     if len(problems) != 3 * PER_FAMILY or stored["eval"]["knowledge"] != len(stored_ids):
         raise SystemExit(f"expected {3 * PER_FAMILY} problems and pruning.json's {len(stored_ids)}, got {len(problems)} "
                          f"and {stored['eval']['knowledge']}")
-    cal = calibrate(lm, "embedded", args.draw, stored["score_mode"])
+    cal = calibrate(lm, original, "embedded", args.draw, stored["score_mode"])
     check_disjoint(cal["calib"], problems)
     levels = [] if not args.resume or not (RESULTS / "pruning_n300.json").exists() else \
         json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]

@@ -41,7 +41,7 @@ def main():
     torch.manual_seed(0)
     lm = load_model(None, device="cpu")
     original = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    cal = calibrate(lm, "embedded", 0, "hybrid")
+    cal = calibrate(lm, original, "embedded", 0, "hybrid")
     obs = GUIDED_OBS
     per = []
 

@@ -136,11 +136,41 @@ def test_keep_stored_keeps_transfer_rows_of_methods_this_run_does_not_run(monkey
     monkeypatch.setattr(pruning, "RESULTS", tmp_path)
     ev = type("Ev", (), {"sizes": lambda self: {"knowledge": 3}})()
     args = argparse.Namespace(keep_stored=True, settings=["2:4"], transfer_settings=["2:4"], methods=["cap-sparsegpt"],
-                              transfer_methods=["cap-sparsegpt"], first_draw=0, no_precision_check=True)
+                              transfer_methods=["cap-sparsegpt"], transfer_splits=["A->B", "B->A"], first_draw=0,
+                              no_precision_check=True)
     kept = pruning.load_stored(args, ev)["transfer"]
     # this run re-measures only cap-sparsegpt at 2:4: SparseGPT's 2:4 row and every 50% row stay
     assert sorted((r["method"], r["pattern"]) for r in kept) == [("cap-sparsegpt", "unstructured"), ("sparsegpt", "2:4"),
                                                                  ("sparsegpt", "unstructured")]
+    # a run of the other direction only keeps every A->B row
+    other = argparse.Namespace(**{**vars(args), "transfer_splits": ["B->A"], "transfer_methods": ["sparsegpt", "cap-sparsegpt"]})
+    assert len(pruning.load_stored(other, ev)["transfer"]) == 4
+
+
+def test_calibration_scores_the_dense_model_after_a_prune(monkeypatch):
+    """A run prunes in place; a later draw or transfer split must still be scored on the dense weights
+    (it was not: draws after the first and both transfer splits scored the last pruned model)."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    pruning = importlib.import_module("pruning")
+    model = torch.nn.Linear(4, 4)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def score(m, *a, **k):
+        seen.append(m.weight.detach().clone())
+        return {}
+
+    monkeypatch.setattr(pruning, "score_heads", score)
+    monkeypatch.setattr(pruning, "score_channels", score)
+    monkeypatch.setattr(pruning, "calibration_problems", lambda *a, **k: ["p"])
+    monkeypatch.setattr(pruning, "build_calib_batch", lambda *a, **k: None)
+    with torch.no_grad():
+        model.weight[:, :2] = 0  # a prune
+    lm = type("LM", (), {"model": model, "tokenizer": type("Tok", (), {"pad_token_id": 0})()})()
+    pruning.calibrate(lm, original, "embedded", 1, "hybrid")
+    assert len(seen) == 2 and all(torch.equal(w, original["weight"]) for w in seen)
 
 
 def test_n300_checks_the_stored_run_and_tests_the_pair(monkeypatch):
