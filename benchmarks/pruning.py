@@ -156,7 +156,7 @@ def main():
                     help="keep the stored pruning.json's runs (and transfer rows) of the settings this run does not include, "
                          "read when this run writes; the evaluation sizes must match")
     ap.add_argument("--first-draw", type=int, default=0,
-                    help="run draws first-draw .. first-draw + draws - 1; with --keep-stored the stored earlier draws of "
+                    help="run draws first-draw .. first-draw + draws - 1; with --keep-stored the stored other draws of "
                          "this run's settings are kept beside them")
     args = ap.parse_args()
     settings = [parse_setting(st) for st in args.settings]
@@ -211,7 +211,7 @@ def main():
 def load_stored(args, ev) -> dict:
     """What --keep-stored keeps of the stored pruning.json, read when this run writes (so two runs of
     different settings, one after the other or side by side, both end up in it): the runs of other
-    settings, and of this run's settings the draws before --first-draw and the methods it does not
+    settings, and of this run's settings the draws it does not run and the methods it does not
     run; the transfer rows of other transfer settings and of the methods and splits it does not run there; the
     McNemar tests of stored summaries (runs stored before hits were kept)."""
     empty = {"runs": [], "transfer": [], "precision": [], "settings": [], "scoring": [], "known": {}, "kept_from": [],
@@ -227,7 +227,8 @@ def load_stored(args, ev) -> dict:
     theirs = {parse_setting(st) for st in args.transfer_settings}  # transfer levels this run measures again
 
     def kept(r: dict) -> bool:
-        return (r["pattern"], r["target_sparsity"]) not in mine or r["draw"] < args.first_draw or r["method"] not in args.methods
+        ran = args.first_draw <= r["draw"] < args.first_draw + args.draws  # so runs of draw 1 and draw 2 can go side by side
+        return (r["pattern"], r["target_sparsity"]) not in mine or not ran or r["method"] not in args.methods
 
     runs = [unpacked(r) for r in old["runs"] if kept(r)]
     levels = {(r["pattern"], r["target_sparsity"]) for r in runs}

@@ -136,12 +136,17 @@ def test_keep_stored_keeps_transfer_rows_of_methods_this_run_does_not_run(monkey
     monkeypatch.setattr(pruning, "RESULTS", tmp_path)
     ev = type("Ev", (), {"sizes": lambda self: {"knowledge": 3}})()
     args = argparse.Namespace(keep_stored=True, settings=["2:4"], transfer_settings=["2:4"], methods=["cap-sparsegpt"],
-                              transfer_methods=["cap-sparsegpt"], transfer_splits=["A->B", "B->A"], first_draw=0,
+                              transfer_methods=["cap-sparsegpt"], transfer_splits=["A->B", "B->A"], first_draw=0, draws=1,
                               no_precision_check=True)
     kept = pruning.load_stored(args, ev)["transfer"]
     # this run re-measures only cap-sparsegpt at 2:4: SparseGPT's 2:4 row and every 50% row stay
     assert sorted((r["method"], r["pattern"]) for r in kept) == [("cap-sparsegpt", "unstructured"), ("sparsegpt", "2:4"),
                                                                  ("sparsegpt", "unstructured")]
+    # a run of draw 1 alone keeps draws 0 and 2 of its own method and setting
+    stored["runs"] = [row("cap-sparsegpt", "2:4", 0.5, draw=d) for d in range(3)]
+    (tmp_path / "pruning.json").write_text(json.dumps(stored))
+    one = argparse.Namespace(**{**vars(args), "first_draw": 1})
+    assert [r["draw"] for r in pruning.load_stored(one, ev)["runs"]] == [0, 2]
     # a run of the other direction only keeps every A->B row
     other = argparse.Namespace(**{**vars(args), "transfer_splits": ["B->A"], "transfer_methods": ["sparsegpt", "cap-sparsegpt"]})
     assert len(pruning.load_stored(other, ev)["transfer"]) == 4
