@@ -249,6 +249,15 @@ def load_stored(args, ev) -> dict:
 
 
 def write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], transfer: list[dict], precision: list[dict]) -> None:
+    import fcntl
+
+    # runs side by side merge into one file: read-merge-write under a lock, or one run's rows could be lost
+    with open(RESULTS / ".pruning.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _write(args, lm, ev, ref, dense, runs, scoring, transfer, precision)
+
+
+def _write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], transfer: list[dict], precision: list[dict]) -> None:
     stored = load_stored(args, ev)
     order = {setting: i for i, setting in enumerate(SETTINGS)}  # (pattern, sparsity), N:M at 0.5
     runs, transfer, precision = stored["runs"] + runs, stored["transfer"] + transfer, stored["precision"] + precision
