@@ -1,5 +1,5 @@
 """Issue #17's accuracy at n >= 300: the knowledge accuracy of each level's best CAP method and best
-baseline (as pruning.json's summary names them), re-pruned on calibration draw 0 exactly as
+baseline (as pruning.json's summary names them), re-pruned on a calibration draw (--draw, 0 by default) exactly as
 pruning.py prunes them and evaluated on 300 knowledge problems (100 per family where the dense
 model is above chance: pruning.py's 150 plus the next 150 of each family's held-out stream), with
 a 95% Wilson interval and a paired McNemar test on the 300.
@@ -11,7 +11,7 @@ the stored run kept them, else the accuracy), which says
 the same model was evaluated (a changed method default or a thread-count-sensitive N:M solve would
 show here).
 
-    python benchmarks/pruning_n300.py [--levels 0.1 0.2 0.3 0.5 2:4] [--resume]
+    python benchmarks/pruning_n300.py [--levels 0.1 0.2 0.3 0.5 2:4] [--draw 0] [--resume]
 
 Writes benchmarks/results/pruning_n300.json (after every level, so a stopped run leaves a result).
 """
@@ -69,7 +69,7 @@ def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp
 
 def level_result(lv: dict, cap: dict, base: dict) -> dict:
     t = mcnemar([c == "1" for c in cap["hits"]], [c == "1" for c in base["hits"]])
-    return {"pattern": lv["pattern"], "sparsity": lv["sparsity"], "best_cap": cap["method"], "best_baseline": base["method"],
+    return {"pattern": lv["pattern"], "sparsity": lv["sparsity"], "draw": cap["draw"], "best_cap": cap["method"], "best_baseline": base["method"],
             "acc_gap": cap["acc"] - base["acc"], "mcnemar": t,
             "not_significantly_worse": t["p_value"] >= ALPHA or t["a_only"] >= t["b_only"], "runs": [cap, base]}
 
@@ -78,7 +78,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", nargs="+", default=["0.1", "0.2", "0.3", "0.5", "2:4"])
     ap.add_argument("--draw", type=int, default=0)
-    ap.add_argument("--resume", action="store_true", help="keep the stored pruning_n300.json's levels this run does not measure")
+    ap.add_argument("--resume", action="store_true", help="keep the stored pruning_n300.json's levels (and draws) this run does not measure")
     args = ap.parse_args()
     stored = json.loads((RESULTS / "pruning.json").read_text())
     lm = load_model(None, device="cpu")
@@ -101,10 +101,11 @@ def main():
             print(f"{setting} {r['method']:14s}: acc {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] n={r['n']} "
                   f"(on the stored {r['stored_check']['n']}: {r['stored_check']['acc']:.3f}, stored {r['stored']['acc']:.3f}; "
                   f"same results {r['stored_check'].get('same', '-')}) {r['prune_seconds']:.0f}s", flush=True)
-        levels = [v for v in levels if (v["pattern"], v["sparsity"]) != (lv["pattern"], lv["sparsity"])]
+        levels = [v for v in levels if (v["pattern"], v["sparsity"], v.get("draw", 0)) != (lv["pattern"], lv["sparsity"], args.draw)]
         levels.append(level_result(lv, *runs))
-        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"]))
-        write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems), "draw": args.draw,
+        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"], v.get("draw", 0)))
+        write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems),
+                                      "draws": sorted({v.get("draw", 0) for v in levels}),
                                       "score_mode": stored["score_mode"], "pairs_from": "pruning.json summary (best_cap, best_baseline)",
                                       "levels": levels})
 

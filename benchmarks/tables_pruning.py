@@ -128,33 +128,35 @@ def n300_rows(r: dict) -> list[list]:
             c = run["stored_check"]
             check = f"{c['same']}/{c['n']} same results" if "same" in c else (
                 f"same accuracy ({c['acc']:.3f})" if c["same_acc"] else f"**differs**: {c['acc']:.3f} vs stored {c['stored_acc']:.3f}")
-            rows.append([f"{lv['pattern']} {lv['sparsity']:.2f}", run["method"], f"{run['acc']:.3f} [{run['ci95'][0]:.3f}, {run['ci95'][1]:.3f}]",
+            rows.append([f"{lv['pattern']} {lv['sparsity']:.2f}", lv.get("draw", 0), run["method"], f"{run['acc']:.3f} [{run['ci95'][0]:.3f}, {run['ci95'][1]:.3f}]",
                          f"{run['answer_ce']:.3f}", check])
         t = lv["mcnemar"]
-        rows.append(["", f"{lv['best_cap']} vs {lv['best_baseline']}", f"{lv['acc_gap']:+.3f}",
+        rows.append(["", "", f"{lv['best_cap']} vs {lv['best_baseline']}", f"{lv['acc_gap']:+.3f}",
                      f"McNemar {t['a_only']}/{t['b_only']} p={t['p_value']:.2g}", "not significantly worse: "
                      + ("yes" if lv["not_significantly_worse"] else "no")])
     return rows
 
 
 def n300(r: dict) -> str:
-    return (f"Each level's best CAP method and best baseline (pruning.json's summary), calibration draw {r['draw']} re-pruned, "
+    return ("Each level's best CAP method and best baseline (pruning.json's summary), re-pruned on a calibration draw, "
             f"knowledge accuracy on n={r['n']} ({r['knowledge']}; pruning.py's 150 and the next 150), 95% Wilson CI, paired "
             "McNemar (CAP-only/baseline-only). The last column checks the re-pruned model against the stored run on its "
             "150 problems (per problem where the run kept them, else the accuracy).\n\n"
-            + md_table(["level", "method", "knowledge acc [95% CI]", "knowledge answer CE", "vs the stored run"], n300_rows(r)))
+            + md_table(["level", "draw", "method", "knowledge acc [95% CI]", "knowledge answer CE", "vs the stored run"], n300_rows(r)))
 
 
 def n300_note(r: dict | None, lv: dict) -> str:
     """The README glance's n=300 accuracy test for one pruning.json level, where measured."""
-    m = next((x for x in (r or {}).get("levels", []) if x["pattern"] == lv["pattern"] and abs(x["sparsity"] - lv["sparsity"]) < 1e-9
-              and x["best_cap"] == lv["best_cap"]), None)
-    if not m:
+    ms = [x for x in (r or {}).get("levels", []) if x["pattern"] == lv["pattern"] and abs(x["sparsity"] - lv["sparsity"]) < 1e-9
+          and x["best_cap"] == lv["best_cap"]]
+    if not ms:
         return ""
-    cap, base = m["runs"]
-    t = m["mcnemar"]
-    return (f"; knowledge acc n={r['n']}: {cap['acc']:.3f} vs {base['acc']:.3f}, McNemar {t['a_only']}/{t['b_only']} "
-            f"p={t['p_value']:.2g} (`pruning_n300.json`)")
+    per = []
+    for m in ms:
+        cap, base = m["runs"]
+        t = m["mcnemar"]
+        per.append(f"draw {m.get('draw', 0)} {cap['acc']:.3f} vs {base['acc']:.3f}, McNemar {t['a_only']}/{t['b_only']} p={t['p_value']:.2g}")
+    return f"; knowledge acc n={r['n']}: {'; '.join(per)} (`pruning_n300.json`)"
 
 
 def refit_speed(r: dict) -> str:

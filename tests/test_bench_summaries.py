@@ -187,8 +187,9 @@ def test_n300_checks_the_stored_run_and_tests_the_pair(monkeypatch):
     other = n300.agreement(new, ["a", "b"], {"acc": 1.0, "hits": "11"})
     assert other["same"] == 1 and other["same_acc"] is False
     assert "same" not in n300.agreement(new, ["a", "b"], {"acc": 0.5})  # stored before hits were kept: accuracy only
-    cap, base = {"method": "cap-wanda", "acc": 0.9, "hits": "1" * 9 + "0"}, {"method": "wanda", "acc": 0.1, "hits": "0" * 9 + "1"}
+    cap = {"method": "cap-wanda", "draw": 1, "acc": 0.9, "hits": "1" * 9 + "0"}
+    base = {"method": "wanda", "draw": 1, "acc": 0.1, "hits": "0" * 9 + "1"}
     lv = n300.level_result({"pattern": "unstructured", "sparsity": 0.5}, cap, base)
-    assert lv["mcnemar"]["a_only"] == 9 and lv["mcnemar"]["b_only"] == 1 and lv["not_significantly_worse"]
+    assert lv["mcnemar"]["a_only"] == 9 and lv["mcnemar"]["b_only"] == 1 and lv["not_significantly_worse"] and lv["draw"] == 1
     behind = n300.level_result({"pattern": "unstructured", "sparsity": 0.5}, base, cap)
     assert behind["mcnemar"]["p_value"] < 0.05 and not behind["not_significantly_worse"]
