@@ -171,3 +171,16 @@ def refit_speed(r: dict) -> str:
             f"{m['max_weight_diff']['max']:.2g}; refit CPU seconds {m['refit_seconds']['new']:.0f} vs {m['refit_seconds']['old']:.0f}. "
             f"Whole 2:4 prunes side by side ({r['threads']} thread(s), process CPU seconds):\n\n"
             + md_table(["prune", "CPU s", "vs SparseGPT", "OBS solve"], rows))
+
+
+def transfer_rows(p: dict) -> list[list[str]]:
+    """One glance row per transfer level: both directions' best CAP method against the best baseline."""
+    rows = []
+    for key in dict.fromkeys((t["pattern"], t["sparsity"]) for t in p["transfer_summary"]):
+        ts = [t for t in p["transfer_summary"] if (t["pattern"], t["sparsity"]) == key]
+        rows.append([f"transfer {key[0]} {key[1]:.0%} (calibrate on one half of the families, evaluate on the other)",
+                     "; ".join(f"{t['split']}: {t['best_cap']} vs {t['best_baseline']}" for t in ts),
+                     "; ".join(f"{t['split']}: answer CE {t['ce_gap']:+.3f}, KL x{t['kl_ratio']:.2f}, criteria "
+                               f"{'met' if met(t['criteria']) else 'not met'}" for t in ts) + " (one calibration draw)",
+                     "`pruning.json`"])
+    return rows
