@@ -100,17 +100,6 @@ def hybrid_bound(r: dict) -> str:
                + r["lookahead_md"] if r.get("lookahead_md") else ""))
 
 
-# Results whose CAP rows were scored on a pruned model (benchmarks that prune in place and calibrated a later
-# draw without restoring the dense weights; fixed in 51d4d83), by the commit they were measured at: the note
-# goes away when the file is re-measured.
-SCORED_ON_PRUNED = {"mixed_nm": ("b3b4365", "draws 1-2 of its CAP rows were scored on a pruned model, a bug fixed since; not re-measured")}
-
-
-def stale_note(name: str, r: dict) -> str:
-    commit, note = SCORED_ON_PRUNED.get(name, ("", ""))
-    return note if commit and r.get("commit", "").startswith(commit) else ""
-
-
 def mixed_nm(r: dict) -> str:
     lines = []
     for other, t in r["cap_choice_vs"].items():
@@ -122,7 +111,7 @@ def mixed_nm(r: dict) -> str:
     blocks = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["dense_blocks"].items() if v)
     return (f"{r['dense']:.0%} of the prunable parameters kept dense as whole blocks beside 2:4 (knowledge n="
             f"{r['eval']['knowledge']}, suite n={r['eval']['suite']}).\n\n{r['table_md']}\n\n" + "\n".join(lines)
-            + f"\n\nDense blocks on draw 0: {blocks}." + (f"\n\n**Caveat**: {stale_note('mixed_nm', r)}." if stale_note("mixed_nm", r) else ""))
+            + f"\n\nDense blocks on draw 0: {blocks}.")
 
 
 def nm_threads(r: dict) -> str:
@@ -229,8 +218,7 @@ def glance() -> str:
         for other, t in mx["cap_choice_vs"].items():
             rows.append([f"2:4 + {mx['dense']:.0%} dense blocks: CAP's choice vs {other}",
                          f"answer CE {t['ce_gap']:+.3f} at effective sparsity {mx['summary'][cap_row]['effective_sparsity']:.3f}",
-                         f"{'beyond' if t['ce_beyond_spread'] else 'within'} the spread over {mx['draws']} draws, KL x{t['kl_ratio']:.2f}"
-                         + (f" ({stale_note('mixed_nm', mx)})" if stale_note("mixed_nm", mx) else ""),
+                         f"{'beyond' if t['ce_beyond_spread'] else 'within'} the spread over {mx['draws']} draws, KL x{t['kl_ratio']:.2f}",
                          "`mixed_nm.json`"])
     st = load("structured")
     if st and len((st.get("draws") or {}).get("draws", [])) > 1:
