@@ -195,9 +195,8 @@ def main():
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
         tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
-        lm.model.load_state_dict(original)  # the reference is the dense model's, not the last prune's
+        cal = calibrate(lm, original, calib_spec, 0, args.score_mode)  # restores the dense weights, so the reference is dense too
         tref = dense_reference(lm.model, lm.tokenizer, tev)
-        cal = calibrate(lm, original, calib_spec, 0, args.score_mode)
         for setting in args.transfer_settings:
             pattern, sp = parse_setting(setting)
             for m in args.transfer_methods:

@@ -91,7 +91,7 @@ def main():
     cal = calibrate(lm, original, "embedded", args.draw, stored["score_mode"])
     check_disjoint(cal["calib"], problems)
     levels = [] if not args.resume or not (RESULTS / "pruning_n300.json").exists() else \
-        json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]
+        [{"draw": 0, **v} for v in json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]]  # stored before per-draw levels: draw 0
     for setting in args.levels:
         pattern, sp = parse_setting(setting)
         lv = next(v for v in stored["summary"] if v["pattern"] == pattern and abs(v["sparsity"] - sp) < 1e-9)
@@ -101,11 +101,11 @@ def main():
             print(f"{setting} {r['method']:14s}: acc {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] n={r['n']} "
                   f"(on the stored {r['stored_check']['n']}: {r['stored_check']['acc']:.3f}, stored {r['stored']['acc']:.3f}; "
                   f"same results {r['stored_check'].get('same', '-')}) {r['prune_seconds']:.0f}s", flush=True)
-        levels = [v for v in levels if (v["pattern"], v["sparsity"], v.get("draw", 0)) != (lv["pattern"], lv["sparsity"], args.draw)]
+        levels = [v for v in levels if (v["pattern"], v["sparsity"], v["draw"]) != (lv["pattern"], lv["sparsity"], args.draw)]
         levels.append(level_result(lv, *runs))
-        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"], v.get("draw", 0)))
+        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"], v["draw"]))
         write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems),
-                                      "draws": sorted({v.get("draw", 0) for v in levels}),
+                                      "draws": sorted({v["draw"] for v in levels}),
                                       "score_mode": stored["score_mode"], "pairs_from": "pruning.json summary (best_cap, best_baseline)",
                                       "levels": levels})
 
