@@ -103,9 +103,8 @@ class PruneConfig:
     mask_refit_iters: int | None = None
     mask_refit_tol: float | None = None
     mask_refit_products: str | None = None
-    # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so
-    # more problems than scoring needs; 128 give every layer's input statistic full rank on the
-    # embedded model (down_proj has 1536 inputs; 32 problems give ~960 distinct positions)
+    # calibration statistics (Wanda, SparseGPT and their CAP-guided forms): forward passes only, so more problems than
+    # scoring needs; 128 give every layer's input full rank on the embedded model (down_proj has 1536 inputs; 32 give ~960)
     stats_problems: int = 128
     dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
     # CAP-guided methods
@@ -118,6 +117,7 @@ class PruneConfig:
     # grows with every weight the guidance moves. Chosen on validation (guided_tuning.json): cap-wanda
     # at 10% CE 2.786 / KL 0.0059 with it vs 2.766 / 0.0150 without (Wanda 2.817 / 0.0061).
     guidance_ramp: float | None = 0.5
+    guidance_power: float = 1.0  # the ramp's exponent: scale = (target / guidance_ramp) ** power below the ramp
     token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
     # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or
@@ -138,8 +138,8 @@ class PruneConfig:
 
     @property
     def guidance_scale(self) -> float:
-        """The factor on every CAP guidance: min(1, target / guidance_ramp), 1 without a ramp."""
-        return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp)
+        """The factor on every CAP guidance: min(1, target / guidance_ramp) ** guidance_power, 1 without a ramp."""
+        return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** self.guidance_power
 
     @property
     def effective_alloc_bound(self) -> float:
@@ -191,6 +191,7 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
                 raise ConfigError(f"{name}: expected a value in (0, 1] or none, got {v!r}")
+        _positive("guidance_power", self.guidance_power)
         for name in ("alloc_bound", "token_beta", "unit_strength"):
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
@@ -324,9 +325,8 @@ class SearchConfig:
 
     enabled: bool = True
     levels: tuple[float, ...] = (0.1, 0.2)  # structured removal shares (the dense model is always a candidate)
-    # structured unit ranking: cap and/or magnitude. cap by default: over 3 calibration draws it keeps more
-    # knowledge accuracy than magnitude at 10% and 30% beyond the draw spread, at 20% within it
-    # (benchmarks/results/structured.json)
+    # structured unit ranking: cap and/or magnitude. cap by default: over 3 calibration draws it keeps more knowledge
+    # accuracy than magnitude at 10% and 30% beyond the draw spread, at 20% within it (benchmarks/results/structured.json)
     selection: tuple[str, ...] = ("cap",)
     nm_methods: tuple[str, ...] = ()  # N:M candidates (the profile's hardware sparse_pattern) by these methods
     refit_problems: int = 128  # structured refit batch per candidate

@@ -127,6 +127,19 @@ def test_guidance_ramp_scales_every_guidance_below_its_target(tokenizer):
                        progress=False)["guidance"] is None  # unguided methods have nothing to scale
 
 
+def test_guidance_power_steepens_the_ramp_below_its_target_only():
+    assert PruneConfig(sparsity=0.3, guidance_ramp=0.5, guidance_power=2).guidance_scale == pytest.approx(0.36)
+    assert PruneConfig(sparsity=0.3, guidance_ramp=0.5, guidance_power=1).guidance_scale == pytest.approx(0.6)
+    assert PruneConfig(sparsity=0.5, guidance_ramp=0.5, guidance_power=2).guidance_scale == 1.0  # full at and above
+    assert PruneConfig(pattern="2:4", guidance_ramp=0.5, guidance_power=2).guidance_scale == 1.0
+    assert PruneConfig(sparsity=0.3, guidance_ramp=None, guidance_power=2).guidance_scale == 1.0  # no ramp, no power
+    g = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=0.5, guidance_power=2).guidance
+    assert g["alloc_bound"] == pytest.approx(0.15 * 0.36) and g["unit_strength"] == pytest.approx(0.5 * 0.36)
+    for bad in (0, -1, True, "2", None):
+        with pytest.raises(ConfigError, match="guidance_power"):
+            PruneConfig(guidance_power=bad)
+
+
 def test_dense_blocks_take_the_most_important_that_fit_the_budget():
     imp = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
     sizes = torch.tensor([10.0, 30.0, 10.0, 20.0, 30.0])
