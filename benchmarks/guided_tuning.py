@@ -112,9 +112,10 @@ def validation_problems(exclude: frozenset = frozenset()) -> list:
     return interleave(out)
 
 
-def draw_calibration(model, tok, draw: int, mode: str) -> dict:
-    """One calibration draw's head and channel scores and statistics batch, as benchmarks/pruning.py's."""
-    calib = calibration_problems("embedded", 32, draw=draw)
+def draw_calibration(model, tok, draw: int, mode: str, n_scores: int = 32) -> dict:
+    """One calibration draw's head and channel scores (on its first ``n_scores`` problems; pruning.py's
+    32) and statistics batch, as benchmarks/pruning.py's."""
+    calib = calibration_problems("embedded", n_scores, draw=draw)
     stat_problems = calibration_problems("embedded", PruneConfig().stats_problems, draw=draw)
     budget = BudgetConfig(problems=len(calib))
     return {"heads": score_heads(model, tok, calib, ScoreConfig(mode=mode), budget),
@@ -132,7 +133,7 @@ def paired_rows(results: list[dict]) -> list[list]:
              and x.get("draw", 0) == r.get("draw", 0) and x.get("val_keys") == r.get("val_keys")]
         if r["variant"].startswith("cap") and b and r.get("val_hits") and b[-1].get("val_hits"):
             m = mcnemar([c == "1" for c in r["val_hits"]], [c == "1" for c in b[-1]["val_hits"]])
-            out.append([r["setting"], r.get("draw", 0), r["variant"], base, f"{r['val_answer_ce'] - b[-1]['val_answer_ce']:+.3f}",
+            out.append([r["setting"], r.get("draw", 0), r["variant"], r.get("score_problems", 32), base, f"{r['val_answer_ce'] - b[-1]['val_answer_ce']:+.3f}",
                         f"{r['kl_mean'] / b[-1]['kl_mean']:.3f}", f"{m['a_only']}/{m['b_only']}", f"{m['p_value']:.3f}"])
     return out
 
@@ -145,6 +146,7 @@ def main():
     ap.add_argument("--exclude-draws", nargs="*", type=int, default=[0, 1, 2],
                     help="validation leaves out what these draws' scores and statistics use (one set for runs side by side)")
     ap.add_argument("--score-mode", default="exact", help="scoring mode (benchmarks/pruning.py runs hybrid)")
+    ap.add_argument("--score-problems", type=int, default=32, help="problems the CAP scores see (128: the statistics' set)")
     ap.add_argument("--append", action="store_true", help="add rows to the existing guided_tuning.json (a later round)")
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
@@ -160,7 +162,7 @@ def main():
     results = []
     for draw in args.draws:
         model.load_state_dict(original)
-        cal = draw_calibration(model, tok, draw, args.score_mode)
+        cal = draw_calibration(model, tok, draw, args.score_mode, args.score_problems)
         for setting in args.settings:
             pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
             for name in args.variants:
@@ -174,6 +176,7 @@ def main():
                 hits = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
                 q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
                 r = {"setting": setting, "variant": name, "draw": draw, "score_mode": args.score_mode, "val_keys": val_keys,
+                     "score_problems": args.score_problems,
                      "val_answer_ce": ev["overall"]["answer_ce"], "val_acc": ev["overall"]["acc"],
                      "val_hits": "".join("1" if hits[p.id] else "0" for p in val), "kl_mean": q["kl_mean"], "ppl": q["ppl"],
                      "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp",
@@ -199,17 +202,17 @@ def write(results: list[dict], args, dense: float, n_val: int, ppl: float) -> No
         if args.append:
             prev = json.loads((RESULTS / "guided_tuning.json").read_text())
             results = prev["results"] + results
-        rows = [[r["setting"], r["variant"], r.get("draw", 0), f"{r['val_answer_ce']:.3f}",
+        rows = [[r["setting"], r["variant"], r.get("draw", 0), r.get("score_problems", 32), f"{r['val_answer_ce']:.3f}",
                  "-" if "val_acc" not in r else f"{r['val_acc']:.3f}", f"{r['kl_mean']:.4f}", f"{r['ppl']:.2f}",
                  f"{r['prune_seconds']:.0f}"] + _knobs(r) for r in results]
         order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
-        rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[1], r[2]))
-        md = table(rows, ["setting", "variant", "draw", "validation answer CE", "validation acc", "KL to dense", "ppl",
+        rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[1], r[2], r[3]))
+        md = table(rows, ["setting", "variant", "draw", "scores on", "validation answer CE", "validation acc", "KL to dense", "ppl",
                           "prune s", "alloc bound", "bound share", "guidance ramp", "token beta", "unit strength", "mask refit"])
         pairs = paired_rows(results)
         if pairs:
             md += "\n\nPaired on the validation problems (same draw): CAP row minus its baseline\n\n" + table(
-                pairs, ["setting", "draw", "variant", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])
+                pairs, ["setting", "draw", "variant", "scores on", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])
         print(md)
         write_result("guided_tuning", {"validation_problems": n_val, "dense_val_answer_ce": dense, "dense_ppl": ppl,
                                        "results": results, "table_md": md})
