@@ -101,6 +101,11 @@ def _knobs(r: dict) -> list[str]:
             f"{r['token_beta']:g}", f"{r['unit_strength']:g}", refit]
 
 
+def _scores(r: dict) -> str:
+    """The CAP scores a row used: problems and mode (rows before the sixth round: 32, exact)."""
+    return f"{r.get('score_problems', 32)} {r.get('score_mode', 'exact')}"
+
+
 def validation_problems(exclude: frozenset = frozenset()) -> list:
     """The last stretch of each family's calibration split: never used for draw 0's scores (first 3
     per family) or statistics (first 10 per family); ``exclude``: the keys later draws use (they
@@ -133,7 +138,7 @@ def paired_rows(results: list[dict]) -> list[list]:
              and x.get("draw", 0) == r.get("draw", 0) and x.get("val_keys") == r.get("val_keys")]
         if r["variant"].startswith("cap") and b and r.get("val_hits") and b[-1].get("val_hits"):
             m = mcnemar([c == "1" for c in r["val_hits"]], [c == "1" for c in b[-1]["val_hits"]])
-            out.append([r["setting"], r.get("draw", 0), r["variant"], r.get("score_problems", 32), base, f"{r['val_answer_ce'] - b[-1]['val_answer_ce']:+.3f}",
+            out.append([r["setting"], r.get("draw", 0), r["variant"], _scores(r), base, f"{r['val_answer_ce'] - b[-1]['val_answer_ce']:+.3f}",
                         f"{r['kl_mean'] / b[-1]['kl_mean']:.3f}", f"{m['a_only']}/{m['b_only']}", f"{m['p_value']:.3f}"])
     return out
 
@@ -202,17 +207,17 @@ def write(results: list[dict], args, dense: float, n_val: int, ppl: float) -> No
         if args.append:
             prev = json.loads((RESULTS / "guided_tuning.json").read_text())
             results = prev["results"] + results
-        rows = [[r["setting"], r["variant"], r.get("draw", 0), r.get("score_problems", 32), f"{r['val_answer_ce']:.3f}",
+        rows = [[r["setting"], r["variant"], r.get("draw", 0), _scores(r), f"{r['val_answer_ce']:.3f}",
                  "-" if "val_acc" not in r else f"{r['val_acc']:.3f}", f"{r['kl_mean']:.4f}", f"{r['ppl']:.2f}",
                  f"{r['prune_seconds']:.0f}"] + _knobs(r) for r in results]
         order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
         rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[1], r[2], r[3]))
-        md = table(rows, ["setting", "variant", "draw", "scores on", "validation answer CE", "validation acc", "KL to dense", "ppl",
+        md = table(rows, ["setting", "variant", "draw", "scores", "validation answer CE", "validation acc", "KL to dense", "ppl",
                           "prune s", "alloc bound", "bound share", "guidance ramp", "token beta", "unit strength", "mask refit"])
         pairs = paired_rows(results)
         if pairs:
             md += "\n\nPaired on the validation problems (same draw): CAP row minus its baseline\n\n" + table(
-                pairs, ["setting", "draw", "variant", "scores on", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])
+                pairs, ["setting", "draw", "variant", "scores", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])
         print(md)
         write_result("guided_tuning", {"validation_problems": n_val, "dense_val_answer_ce": dense, "dense_ppl": ppl,
                                        "results": results, "table_md": md})

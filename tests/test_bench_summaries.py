@@ -193,3 +193,21 @@ def test_n300_checks_the_stored_run_and_tests_the_pair(monkeypatch):
     assert lv["mcnemar"]["a_only"] == 9 and lv["mcnemar"]["b_only"] == 1 and lv["not_significantly_worse"] and lv["draw"] == 1
     behind = n300.level_result({"pattern": "unstructured", "sparsity": 0.5}, base, cap)
     assert behind["mcnemar"]["p_value"] < 0.05 and not behind["not_significantly_worse"]
+
+
+def test_tuning_pairs_each_cap_row_with_its_baseline_of_the_same_draw_and_validation_set(monkeypatch):
+    """guided_tuning's paired table: a CAP row against the plain method of its statistics, only on the
+    same setting, draw and validation set; the validation set leaves out every tuned draw's problems."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gt = importlib.import_module("guided_tuning")
+    row = lambda variant, draw, hits, ce, kl, keys="v": {"setting": "0.3", "variant": variant, "draw": draw, "val_keys": keys,
+                                                        "val_hits": hits, "val_answer_ce": ce, "kl_mean": kl}
+    results = [row("wanda", 1, "1100", 2.7, 0.2), row("wanda", 2, "0000", 2.9, 0.1),
+               row("cap-wanda ramp 0.5", 1, "1011", 2.6, 0.21), row("cap-wanda ramp 0.5", 3, "1111", 2.5, 0.2),
+               row("cap-wanda ramp 0.5", 2, "1111", 2.5, 0.2, keys="other")]
+    pairs = gt.paired_rows(results)
+    assert len(pairs) == 1  # draw 3 has no Wanda row; draw 2's Wanda row is on another validation set
+    setting, draw, variant, scores, base, ce, kl, counts, p = pairs[0]
+    assert (draw, base, ce, kl, counts) == (1, "wanda", "-0.100", "1.050", "2/1")
+    used = frozenset(p.key for p in gt.validation_problems()[:5])
+    assert not used & {p.key for p in gt.validation_problems(used)}
