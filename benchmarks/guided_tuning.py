@@ -84,6 +84,10 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # without its noisiest part (per-unit factors from channel-group ranks), each on three draws
     "cap-wanda ramp 0.5 ^ 2": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "guidance_power": 2.0}),
     "cap-wanda ramp 0.5 no unit factors": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "unit_strength": 0.0}),
+    # ... and cap-sparsegpt with the damped, refitted solve of 50% and 2:4 (unmeasured below 50%) at 30%
+    "cap-sparsegpt ramp 0.5 refit damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
+                                                               "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
+                                                               "mask_refit_products": "float32"}),
 }
 
 
@@ -129,11 +133,10 @@ def draw_calibration(model, tok, draw: int, mode: str, n_scores: int = 32) -> di
 
 
 def paired_rows(results: list[dict]) -> list[list]:
-    """Each CAP row's validation hits against the plain method of its statistics (Wanda or SparseGPT),
-    same setting, draw and validation set: McNemar (CAP-only / baseline-only, p)."""
+    """Each CAP row's validation hits against Wanda's and SparseGPT's (the baselines of issue #17), same
+    setting, draw and validation set: answer CE gap, KL ratio, McNemar (CAP-only / baseline-only, p)."""
     out = []
-    for r in results:
-        base = "wanda" if r["variant"].startswith("cap-wanda") else "sparsegpt"
+    for r, base in ((r, base) for r in results for base in ("wanda", "sparsegpt")):
         b = [x for x in results if x["variant"] == base and x["setting"] == r["setting"]
              and x.get("draw", 0) == r.get("draw", 0) and x.get("val_keys") == r.get("val_keys")]
         if r["variant"].startswith("cap") and b and r.get("val_hits") and b[-1].get("val_hits"):
