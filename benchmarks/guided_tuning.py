@@ -91,6 +91,9 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # without its noisiest part (per-unit factors from channel-group ranks), each on three draws
     "cap-wanda ramp 0.5 ^ 2": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "guidance_power": 2.0}),
     "cap-wanda ramp 0.5 no unit factors": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "unit_strength": 0.0}),
+    # ... each guidance alone: the answer-gradient token weights, or the allocation over blocks
+    "cap-wanda ramp 0.5 tokens only": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "alloc_bound": 0.0, "unit_strength": 0.0}),
+    "cap-wanda ramp 0.5 alloc only": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "token_beta": 0.0, "unit_strength": 0.0}),
     # ... and cap-sparsegpt with the damped, refitted solve of 50% and 2:4 (unmeasured below 50%) at 30%
     "cap-sparsegpt ramp 0.5 refit damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
                                                                "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
