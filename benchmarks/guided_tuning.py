@@ -25,7 +25,8 @@ on some calibration draw (it lost on draw 1 of the test split), on all three of 
 (hybrid scores as pruning.py's; one validation set of 417 problems that no draw uses): none does.
 cap-wanda's validation CE moves with the draw by 0.20 (Wanda's by 0.03) and no variant narrows that
 (the ramp squared, no unit factors, scores on 128 problems, cap-sparsegpt with the damped refitted
-solve), so the defaults stay. docs/methods.md has the figures.
+solve), so the defaults stay. Alone, the allocation carries the draw dependence at 30% and the token
+weights do not (but gain nothing there, and lose to Wanda at 20%). docs/methods.md has the figures.
 """
 
 from __future__ import annotations
