@@ -196,8 +196,8 @@ def test_n300_checks_the_stored_run_and_tests_the_pair(monkeypatch):
 
 
 def test_tuning_pairs_each_cap_row_with_its_baseline_of_the_same_draw_and_validation_set(monkeypatch):
-    """guided_tuning's paired table: a CAP row against the plain method of its statistics, only on the
-    same setting, draw and validation set; the validation set leaves out every tuned draw's problems."""
+    """guided_tuning's paired table: a CAP row against each baseline's row (Wanda, SparseGPT) of the same
+    setting, draw and validation set only; the validation set leaves out every tuned draw's problems."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     gt = importlib.import_module("guided_tuning")
     row = lambda variant, draw, hits, ce, kl, keys="v": {"setting": "0.3", "variant": variant, "draw": draw, "val_keys": keys,
