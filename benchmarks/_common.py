@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
 
 from cap_edge.provenance import command, git_commit, machine
@@ -18,6 +19,16 @@ def write_result(name: str, data: dict) -> Path:
                       "commit": git_commit(), **data})
     print(f"wrote {path}")
     return path
+
+
+@contextmanager
+def result_lock(name: str):
+    """Held across a read-merge-write of results/NAME.json: runs side by side would otherwise lose rows."""
+    import fcntl
+
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def table(rows: list[list], header: list[str]) -> str:

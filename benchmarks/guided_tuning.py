@@ -34,15 +34,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import table, write_result
-from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig, replace
+from _common import result_lock, table, write_result
+from pruning import calibrate
+from cap_edge.config import PruneConfig, replace
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
 from cap_edge.pruning.methods import get_method, obs_settings
 from cap_edge.quality import measure, reference, torch_primitives
-from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import FAMILIES, calibration_problems, interleave
 from cap_edge.tasks.sources import calib_reserve, embedded
 
@@ -134,28 +134,19 @@ def validation_problems(exclude: frozenset = frozenset()) -> list:
     return interleave(out)
 
 
-def draw_calibration(model, tok, draw: int, mode: str, n_scores: int = 32) -> dict:
-    """One calibration draw's head and channel scores (on its first ``n_scores`` problems; pruning.py's
-    32) and statistics batch, as benchmarks/pruning.py's."""
-    calib = calibration_problems("embedded", n_scores, draw=draw)
-    stat_problems = calibration_problems("embedded", PruneConfig().stats_problems, draw=draw)
-    budget = BudgetConfig(problems=len(calib))
-    return {"heads": score_heads(model, tok, calib, ScoreConfig(mode=mode), budget),
-            "chans": score_channels(model, tok, calib, ScoreConfig(mode=mode), budget),
-            "stats": build_calib_batch(tok, stat_problems, 3, BudgetConfig(problems=len(stat_problems)), pad_id=tok.pad_token_id)}
-
-
 def paired_rows(results: list[dict]) -> list[list]:
     """Each CAP row's validation hits against Wanda's and SparseGPT's (the baselines of issue #17), same
     setting, draw and validation set: answer CE gap, KL ratio, McNemar (CAP-only / baseline-only, p)."""
     out = []
-    for r, base in ((r, base) for r in results for base in ("wanda", "sparsegpt")):
-        b = [x for x in results if x["variant"] == base and x["setting"] == r["setting"]
-             and x.get("draw", 0) == r.get("draw", 0) and x.get("val_keys") == r.get("val_keys")]
-        if r["variant"].startswith("cap") and b and r.get("val_hits") and b[-1].get("val_hits"):
-            m = mcnemar([c == "1" for c in r["val_hits"]], [c == "1" for c in b[-1]["val_hits"]])
-            out.append([r["setting"], r.get("draw", 0), r["variant"], _scores(r), base, f"{r['val_answer_ce'] - b[-1]['val_answer_ce']:+.3f}",
-                        f"{r['kl_mean'] / b[-1]['kl_mean']:.3f}", f"{m['a_only']}/{m['b_only']}", f"{m['p_value']:.3f}"])
+    for r in (r for r in results if r["variant"].startswith("cap") and r.get("val_hits")):
+        for base in ("wanda", "sparsegpt"):
+            b = next((x for x in reversed(results) if x["variant"] == base and x["setting"] == r["setting"] and x.get("val_hits")
+                      and x.get("draw", 0) == r.get("draw", 0) and x.get("val_keys") == r.get("val_keys")), None)
+            if b is None:
+                continue
+            m = mcnemar([c == "1" for c in r["val_hits"]], [c == "1" for c in b["val_hits"]])
+            out.append([r["setting"], r.get("draw", 0), r["variant"], _scores(r), base, f"{r['val_answer_ce'] - b['val_answer_ce']:+.3f}",
+                        f"{r['kl_mean'] / b['kl_mean']:.3f}", f"{m['a_only']}/{m['b_only']}", f"{m['p_value']:.3f}"])
     return out
 
 
@@ -185,8 +176,7 @@ def main():
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
     results = []
     for draw in args.draws:
-        model.load_state_dict(original)
-        cal = draw_calibration(model, tok, draw, args.score_mode, args.score_problems)
+        cal = calibrate(lm, original, "embedded", draw, args.score_mode, args.score_problems)  # on the dense weights
         for setting in args.settings:
             pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
             for name in args.variants:
@@ -194,7 +184,7 @@ def main():
                 model.load_state_dict(original)
                 cfg = replace(PruneConfig(method=method, sparsity=sp, pattern=pattern), **over)
                 t = time.perf_counter()
-                prune_model(model, cfg, cal["stats"], cal["heads"], channel_scores=cal["chans"], progress=False)
+                prune_model(model, cfg, cal["batch"], cal["heads"], channel_scores=cal["chans"], progress=False)
                 secs = time.perf_counter() - t
                 ev = evaluate(TorchBackend(model, tok, progress=False), tok, val)
                 hits = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
@@ -237,14 +227,12 @@ def render(results: list[dict]) -> str:
 
 def write(results: list[dict], args, dense: float, val_keys: str, ppl: float) -> None:
     """Merge this run's rows into guided_tuning.json (under a lock: runs of different draws go side by side)."""
-    import fcntl
     import json
 
     from _common import RESULTS
 
     sets = {}
-    with open(RESULTS / ".guided_tuning.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with result_lock("guided_tuning"):
         if args.append:
             prev = json.loads((RESULTS / "guided_tuning.json").read_text())
             results = prev["results"] + results

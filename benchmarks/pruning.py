@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _common import RESULTS, spread, table, write_result
+from _common import RESULTS, result_lock, spread, table, write_result
 from pruning_compare import BASELINES, CAP_METHODS, compare, known_tests, level_key
 from cap_edge.assess import EvalSet, dense_reference, paired, score_torch
 from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
@@ -39,13 +39,13 @@ KNOW_A, KNOW_B = "embedded:geography", "embedded:animals,opposites"
 SPLITS = {"A->B": (HALF_A, KNOW_B, HALF_B), "B->A": (HALF_B, KNOW_A, HALF_A)}  # calibration, evaluated knowledge, suite
 
 
-def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact"):
-    """Scores (32 problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw,
+def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact", n_scores: int = 32):
+    """Scores (``n_scores`` problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw,
     all of the dense model: its weights (``original``) are restored first, since a run prunes in place
     and a draw or split calibrated after an earlier prune would otherwise score that pruned model."""
     lm.model.load_state_dict(original)
     tok = lm.tokenizer
-    calib = calibration_problems(spec, 32, draw=draw)
+    calib = calibration_problems(spec, n_scores, draw=draw)
     stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
     t = time.perf_counter()
     heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
@@ -249,11 +249,7 @@ def load_stored(args, ev) -> dict:
 
 
 def write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], transfer: list[dict], precision: list[dict]) -> None:
-    import fcntl
-
-    # runs side by side merge into one file: read-merge-write under a lock, or one run's rows could be lost
-    with open(RESULTS / ".pruning.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with result_lock("pruning"):  # runs side by side merge into one file
         _write(args, lm, ev, ref, dense, runs, scoring, transfer, precision)
 
 
