@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -9,6 +11,48 @@ from typing import Sequence
 import numpy as np
 
 from .base import KVCacheLM
+
+EXTRA_BUFFERS_ENV = "CAP_EDGE_LLAMACPP_EXTRA_BUFFERS"
+
+
+@functools.lru_cache(maxsize=1)
+def extra_buffers_default() -> bool:
+    """Whether to load GGUFs with llama.cpp's extra buffer types (weight repacking, AMX).
+
+    A llama.cpp compiled natively on an AMX CPU (Sapphire Rapids; pip's cached wheel of a default
+    build is one) routes quantized matmuls through AMX tile kernels, and where the VM's kernel does
+    not grant AMX tile state those fault (general protection in ldtilecfg, SIGSEGV in libggml-cpu)
+    on the first decode. Such a build therefore loads without extra buffer types unless
+    ``CAP_EDGE_LLAMACPP_EXTRA_BUFFERS=1`` says the host runs AMX; a build without AMX keeps them."""
+    env = os.environ.get(EXTRA_BUFFERS_ENV, "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    if env:
+        raise ValueError(f"{EXTRA_BUFFERS_ENV}: expected 0 or 1, got {env!r}")
+    import llama_cpp
+
+    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+@contextlib.contextmanager
+def model_params(use_extra_bufts: bool):
+    """Have ``Llama()`` load with ``use_extra_bufts`` set: llama-cpp-python 0.3.36's constructor takes
+    no such argument and builds its parameters from ``llama_model_default_params()``, so that one
+    function is wrapped for the duration of the load."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    C.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = default
 
 
 class LlamaCppLM(KVCacheLM):
@@ -22,17 +66,20 @@ class LlamaCppLM(KVCacheLM):
     KV_TYPES = {"f16": 1, "f32": 0}  # GGML type ids
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 label: str = "host-measured", kv_cache_type: str = "f16"):
+                 label: str = "host-measured", kv_cache_type: str = "f16", extra_buffers: bool | None = None):
         """``kv_cache_type``: llama.cpp's default f16 cache (what applications run), or f32 to compare
-        an F32 file exactly with PyTorch (an f16 cache alone moves logits by ~0.05)."""
+        an F32 file exactly with PyTorch (an f16 cache alone moves logits by ~0.05).
+        ``extra_buffers``: None = ``extra_buffers_default()`` (off for an AMX build, see there)."""
         from llama_cpp import Llama
 
         self.path = Path(path)
         self.label = label
         kv = self.KV_TYPES[kv_cache_type]
-        self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, n_batch=512,
-                         type_k=kv, type_v=kv)
+        self.extra_buffers = extra_buffers_default() if extra_buffers is None else extra_buffers
+        with model_params(self.extra_buffers):
+            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                             n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, n_batch=512,
+                             type_k=kv, type_v=kv)
         self.eos = self.llm.token_eos()
         self.max_length = n_ctx
 
