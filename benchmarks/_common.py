@@ -14,8 +14,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def write_result(name: str, data: dict) -> Path:
     from cap_edge.io import write_json
 
+    from runtimes.llamacpp import build_info
+
     path = RESULTS / f"{name}.json"
-    write_json(path, {"benchmark": name, "machine": machine(), "command": data.pop("command", command()),
+    # llama.cpp's build beside the machine: a native AMX/AVX-512 build and a portable one decode at different speeds
+    write_json(path, {"benchmark": name, "machine": {**machine(), "llama_cpp": build_info()},
+                      "command": data.pop("command", command()),
                       "commit": git_commit(), **data})
     print(f"wrote {path}")
     return path

@@ -34,6 +34,18 @@ def extra_buffers_default() -> bool:
     return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
 
 
+def build_info() -> dict | None:
+    """The llama.cpp build GGUF figures come from: version, CPU features it was compiled with, and whether
+    GGUFs load with extra buffer types here. None without llama-cpp-python."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")  # "CPU : SSE3 = 1 | AVX2 = 1 | ..."
+    features = [f.split("=")[0].replace("CPU :", "").strip() for f in info.split("|") if f.strip().endswith("= 1")]
+    return {"version": llama_cpp.__version__, "features": features, "extra_buffers": extra_buffers_default()}
+
+
 @contextlib.contextmanager
 def model_params(use_extra_bufts: bool):
     """Have ``Llama()`` load with ``use_extra_bufts`` set: llama-cpp-python 0.3.36's constructor takes

@@ -113,6 +113,8 @@ def test_llamacpp_extra_buffers_follow_the_build_and_the_override(pruned_dir, tm
     assert auto.extra_buffers is R.extra_buffers_default() and auto.llm.model_params.use_extra_bufts is auto.extra_buffers
     ids = [5, 6, 7, 8, 9, 10]
     assert np.allclose(off.logits(ids), auto.logits(ids), atol=1e-4)  # repacking changes layout, not results
+    build = R.build_info()  # every benchmark result records the llama.cpp build and loading its GGUF figures had
+    assert build["extra_buffers"] is R.extra_buffers_default() and build["features"] and build["version"]
 
 
 def test_gguf_metadata_and_tokenizer(pruned_dir, tmp_path):
