@@ -77,7 +77,7 @@ def test_gguf_written_read_back_and_loaded(pruned_dir, tmp_path, precision):
         assert art.validation["greedy_equal"]
 
 
-def test_llamacpp_extra_buffers_follow_the_build_and_the_override(pruned_dir, tmp_path, monkeypatch):
+def test_llamacpp_extra_buffers_follow_the_build_and_the_override(pruned_dir, tmp_path):
     """A natively built llama.cpp with AMX loads without extra buffer types (their AMX kernels fault where
     the VM grants no tile state), unless the environment says the host runs AMX; the load-time wrapper
     sets the parameter for that one load and puts llama-cpp-python's default back."""
@@ -88,22 +88,22 @@ def test_llamacpp_extra_buffers_follow_the_build_and_the_override(pruned_dir, tm
 
     def default(info: str, env: str | None = None) -> bool:
         R.extra_buffers_default.cache_clear()
-        monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info.encode())
-        if env is None:
-            monkeypatch.delenv(R.EXTRA_BUFFERS_ENV, raising=False)
-        else:
-            monkeypatch.setenv(R.EXTRA_BUFFERS_ENV, env)
-        try:
-            return R.extra_buffers_default()
-        finally:
-            R.extra_buffers_default.cache_clear()
+        with pytest.MonkeyPatch.context() as mp:  # its own context: the fixture's cache isolation stays in place
+            mp.setattr(llama_cpp, "llama_print_system_info", lambda: info.encode())
+            if env is None:
+                mp.delenv(R.EXTRA_BUFFERS_ENV, raising=False)
+            else:
+                mp.setenv(R.EXTRA_BUFFERS_ENV, env)
+            try:
+                return R.extra_buffers_default()
+            finally:
+                R.extra_buffers_default.cache_clear()
 
     assert default("CPU : AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1 |") is False
     assert default("CPU : AVX2 = 1 | REPACK = 1 |") is True
     assert default("CPU : AMX_INT8 = 1 |", env="1") is True and default("CPU : AVX2 = 1 |", env="0") is False
     with pytest.raises(ValueError, match="expected 0 or 1, got 'yes'"):
         default("CPU : AVX2 = 1 |", env="yes")
-    monkeypatch.undo()
 
     art = export_artifact(pruned_dir, "gguf", "q8_0", tmp_path / "out")
     off = R.LlamaCppLM(art.path, n_ctx=64, n_threads=1, extra_buffers=False)
