@@ -48,6 +48,7 @@ from cap_edge.tasks.sources import calib_reserve, embedded
 
 FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the first round's starting point
         "alloc_bound_share": None, "guidance_ramp": None, "guidance_power": 1.0,  # no relative limit, full guidance at every target
+        "alloc_signal": "cap",  # the blocks ranked by their CAP effects (rounds 1-6)
         "sparsegpt_damp": 0.01, "mask_refit_iters": 0,  # SparseGPT's solve as the first three rounds ran it
         "mask_refit_tol": 0.0, "mask_refit_products": "float64"}  # the fourth round's refit: every step, in float64
 VARIANTS = {  # name -> (method, settings); explicit, so a later change of PruneConfig's defaults changes no row
@@ -99,6 +100,10 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "cap-sparsegpt ramp 0.5 refit damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
                                                                "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
                                                                "mask_refit_products": "float32"}),
+    # seventh round: the allocation from the answer loss's per-weight OBD saliency (alloc_signal fisher) instead of
+    # the rank of the blocks' CAP unit-ablation effects, at half the bound (0.075 x the ramp)
+    "cap-wanda ramp 0.5 fisher alloc 0.075": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075,
+                                                           "alloc_signal": "fisher"}),
 }
 
 
@@ -112,7 +117,8 @@ def _knobs(r: dict) -> list[str]:
         return ["-", "-", "-", "-", "-", refit]
     share, ramp = r.get("alloc_bound_share"), r.get("guidance_ramp")  # rows of the first rounds predate them (none)
     power = "" if r.get("guidance_power", 1) == 1 else f" ^ {r['guidance_power']:g}"  # rows before the sixth round: 1
-    return [f"{r['alloc_bound']:g}", "-" if share is None else f"{share:g}", "-" if ramp is None else f"{ramp:g}{power}",
+    signal = "" if r.get("alloc_signal", "cap") == "cap" else f" ({r['alloc_signal']})"  # rows before the seventh round: cap
+    return [f"{r['alloc_bound']:g}{signal}", "-" if share is None else f"{share:g}", "-" if ramp is None else f"{ramp:g}{power}",
             f"{r['token_beta']:g}", f"{r['unit_strength']:g}", refit]
 
 
@@ -194,7 +200,7 @@ def main():
                      "val_answer_ce": ev["overall"]["answer_ce"], "val_acc": ev["overall"]["acc"],
                      "val_hits": "".join("1" if hits[p.id] else "0" for p in val), "kl_mean": q["kl_mean"], "ppl": q["ppl"],
                      "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp",
-                                                                            "guidance_power", "token_beta", "unit_strength")}}
+                                                                            "guidance_power", "token_beta", "unit_strength", "alloc_signal")}}
                 if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved
                     obs = obs_settings(cfg, get_method(method))
                     r.update(sparsegpt_damp=obs["damp"], mask_refit_iters=obs["refit_iters"], mask_refit_tol=obs["refit_tol"],

@@ -92,8 +92,7 @@ class PruneConfig:
     sparsity: float = 0.5
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
-    # the OBS solve's precision: float64 (default) keeps round-off out of the masks where a Hessian is
-    # near-singular; float32 agrees on full-rank statistics (tests/test_pruning.py, benchmarks/pruning.py)
+    # OBS solve precision: float64 keeps round-off out of masks of near-singular Hessians; float32 agrees on full-rank ones
     sparsegpt_dtype: str = "float64"
     # Hessian methods: the damping (share of the mean input energy); the conjugate-gradient re-solve of
     # each row's kept weights on its final mask (sparsegpt.refit_on_mask): at most iters steps, stopped
@@ -107,11 +106,11 @@ class PruneConfig:
     # scoring needs; 128 give every layer's input full rank on the embedded model (down_proj has 1536 inputs; 32 give ~960)
     stats_problems: int = 128
     dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
-    # CAP-guided methods
-    alloc_bound: float = 0.15  # each block's sparsity within target +/- bound
-    # ... and within target +/- share x target (None: no relative limit), so the allocation's spread
-    # shrinks with the target: the same +/-15 points that suit 50% leave blocks at 0% and 25% at a 10% target
+    alloc_bound: float = 0.15  # CAP-guided methods: each block's sparsity within target +/- bound
+    # ... and within target +/- share x target (None: none): +/-15 points suit 50%, not 10%
     alloc_bound_share: float | None = None
+    # "cap": blocks ranked by CAP head/channel effect per parameter; "fisher": answer-loss OBD saliency (saliency_allocate)
+    alloc_signal: str = "cap"
     # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by
     # target / guidance_ramp (None: full strength): a 10% target moves 5x fewer weights than 50%, and KL
     # grows with every weight the guidance moves. Chosen on validation (guided_tuning.json): cap-wanda
@@ -200,8 +199,9 @@ class PruneConfig:
             raise ConfigError(f"nm_dense: expected a share in [0, 1), got {self.nm_dense!r}")
         if self.nm_dense and self.nm is None:
             raise ConfigError(f"nm_dense keeps blocks dense beside an N:M pattern; got pattern {self.pattern!r}")
-        if self.nm_dense_by not in ("cap", "depth"):
-            raise ConfigError(f"nm_dense_by: expected cap or depth, got {self.nm_dense_by!r}")
+        for name, allowed in (("nm_dense_by", ("cap", "depth")), ("alloc_signal", ("cap", "fisher"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}: expected {' or '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.dedup_prefix, bool):
             raise ConfigError(f"dedup_prefix: expected true or false, got {self.dedup_prefix!r}")
         if not 0 <= self.channel_refine <= 1:

@@ -7,7 +7,8 @@ import torch
 from cap_edge.config import PruneConfig, ScoreConfig
 from cap_edge.errors import ConfigError
 from cap_edge.pruning import prune_model
-from cap_edge.pruning.allocation import allocate, dense_blocks, rank_normalise, shared_prefix_length, token_weights
+from cap_edge.pruning.allocation import (allocate, dense_blocks, rank_normalise, saliency_allocate, shared_prefix_length,
+                                         token_weights)
 from cap_edge.scoring import build_calib_batch, compute_scores, score_channels
 from cap_edge.tasks import load_split
 
@@ -25,6 +26,29 @@ def test_allocation_sums_to_target_within_bounds_and_is_monotone(target, bound):
     assert (s[order][1:] <= s[order][:-1] + 1e-12).all()  # more important -> never more sparsity
     if bound > 0:
         assert float(s.max() - s.min()) > bound  # the scores actually moved it
+
+
+@pytest.mark.parametrize("target,bound", [(0.5, 0.15), (0.1, 0.05), (0.3, 0.075), (0.3, 0.0)])
+def test_saliency_allocation_sums_to_target_within_bounds_and_prunes_the_cheap_blocks_more(target, bound):
+    torch.manual_seed(0)
+    scale = torch.rand(60) * 10 + 0.1  # block i's saliencies: scale_i x the quantiles of Exp(1)
+
+    def quantiles(n):  # (n,) ascending, without sampling noise: the order by scale is then exact up to 1/n
+        return -torch.log1p(-(torch.arange(n, dtype=torch.float64) + 0.5) / n)
+
+    sal = [quantiles(int(n)) * float(c) for n, c in zip(torch.randint(1000, 5000, (60,)), scale)]
+    sizes = torch.tensor([float(x.numel()) for x in sal], dtype=torch.float64)
+    s = saliency_allocate(sal, target, bound)
+    assert abs(float((s * sizes).sum() / sizes.sum()) - target) <= 1e-4 * target  # within 0.01%
+    assert float(s.min()) >= max(0.0, target - bound) - 1e-12 and float(s.max()) <= target + bound + 1e-12
+    order = scale.argsort()  # a block whose saliencies are all larger never gets the higher sparsity
+    assert (s[order][1:] <= s[order][:-1] + 1e-3).all()
+    if bound > 0:
+        assert float(s.max() - s.min()) > bound  # the saliencies moved it
+    same = saliency_allocate([torch.arange(100.0)] * 4, target, bound)
+    assert torch.allclose(same, torch.full((4,), target, dtype=torch.float64), atol=1e-6)  # equal blocks: the target each
+    with pytest.raises(ConfigError, match="one non-empty 1-D tensor per block"):
+        saliency_allocate([torch.ones(3), torch.ones(0)], target, bound)
 
 
 def test_allocation_errors_and_ranks():
@@ -125,6 +149,28 @@ def test_guidance_ramp_scales_every_guidance_below_its_target(tokenizer):
     assert min(alloc) >= 0.07 - 1e-9 and max(alloc) <= 0.13 + 1e-9
     assert prune_model(make_tiny_llama(), PruneConfig(method="wanda", sparsity=0.1, guidance_ramp=0.5), batch,
                        progress=False)["guidance"] is None  # unguided methods have nothing to scale
+
+
+def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
+    """alloc_signal=fisher: the block targets come from the answer loss's OBD saliency on the calibration
+    batch (reaching the target, within the bound) and differ from the CAP-rank allocation; it needs the batch."""
+    batch, heads, chans = _setup(tokenizer)
+    cfg = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=None, alloc_bound=0.1, alloc_signal="fisher")
+    model = make_tiny_llama().requires_grad_(False)  # as models are loaded for inference
+    rep = prune_model(model, cfg, batch, heads, channel_scores=chans, progress=False)
+    alloc = torch.tensor(rep["allocation"]["attn"] + rep["allocation"]["mlp"])
+    assert rep["guidance"]["alloc_signal"] == "fisher" and abs(rep["achieved_sparsity"] - 0.3) < 0.01
+    assert float(alloc.min()) >= 0.2 - 1e-9 and float(alloc.max()) <= 0.4 + 1e-9 and float(alloc.std()) > 0
+    assert not any(p.requires_grad for p in model.parameters())  # the gradient pass leaves requires_grad as it found it
+    cap = prune_model(make_tiny_llama(), PruneConfig(**{**cfg.__dict__, "alloc_signal": "cap"}), batch, heads,
+                      channel_scores=chans, progress=False)
+    assert cap["allocation"] != rep["allocation"]
+    from cap_edge.pruning.apply import guided_plan
+
+    with pytest.raises(ConfigError, match="needs the calibration batch"):
+        guided_plan(make_tiny_llama(), cfg, heads, chans)
+    with pytest.raises(ConfigError, match="alloc_signal: expected cap or fisher, got 'obd'"):
+        PruneConfig(alloc_signal="obd")
 
 
 def test_guidance_power_steepens_the_ramp_below_its_target_only():

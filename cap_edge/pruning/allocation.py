@@ -4,6 +4,8 @@
 causal importance, each block within ``bound`` of the target, the parameter-weighted mean equal to
 the target. ``rank_normalise`` maps scores to [-1, 1] by rank, so one outlier cannot decide it.
 
+``saliency_allocate``: the same targets from per-weight saliencies (one global threshold, clipped).
+
 ``token_weights``: per-token weights of the calibration statistics (Wanda's ||X_j||, SparseGPT's
 Hessian) from the answer-loss gradient at each position, mixed with uniform weights by ``beta``
 (0 = plain Wanda / SparseGPT); positions every row shares (the chat template's prefix) count once.
@@ -65,6 +67,43 @@ def allocate(importance: torch.Tensor, sizes: torch.Tensor, target: float, bound
             break
         a, b = (c, b) if m < target else (a, c)
     return (base + c).clamp(lo, hi)
+
+
+def saliency_allocate(saliency: list[torch.Tensor], target: float, bound: float, floor: float = 0.0,
+                      ceil: float = 0.95, tol: float = 1e-7) -> torch.Tensor:
+    """Per-block sparsity from per-weight saliencies (e.g. the answer loss's OBD estimate 0.5 F w^2).
+
+    saliency: one 1-D tensor per block, ascending. Every block prunes the weights below one global
+    threshold lam (minimising the summed saliency of what is pruned, to first order), clipped to
+    [target - bound, target + bound] ∩ [floor, ceil]; lam found by bisection so that the
+    parameter-weighted mean equals the target, the remainder spread over the unclipped blocks.
+    A block whose saliencies are all larger than another's never gets the higher sparsity."""
+    if not 0 <= target < 1:
+        raise ConfigError(f"allocation target: expected a value in [0, 1), got {target!r}")
+    if bound < 0:
+        raise ConfigError(f"allocation bound: expected >= 0, got {bound!r}")
+    if not saliency or any(s.dim() != 1 or not s.numel() for s in saliency):
+        raise ConfigError("saliency allocation: expected one non-empty 1-D tensor per block")
+    lo, hi = max(floor, target - bound), min(ceil, target + bound)
+    sizes = torch.tensor([float(s.numel()) for s in saliency], dtype=torch.float64)  # (n,)
+    w = sizes / sizes.sum()
+
+    def at(lam: float) -> torch.Tensor:  # (n,) share of each block below lam, clipped
+        below = torch.tensor([float(torch.searchsorted(s, lam)) for s in saliency], dtype=torch.float64)
+        return (below / sizes).clamp(lo, hi)
+
+    a, b = 0.0, max(float(s[-1]) for s in saliency) * 2 + 1e-30
+    for _ in range(200):
+        lam = (a + b) / 2
+        m = float((w * at(lam)).sum())
+        if abs(m - target) <= tol:
+            break
+        a, b = (lam, b) if m < target else (a, lam)
+    s = at(lam)
+    free = (s > lo) & (s < hi)  # ties at lam leave a remainder; the blocks off their bounds absorb it
+    if free.any():
+        s[free] += (target - float((w * s).sum())) / float(w[free].sum())
+    return s.clamp(lo, hi)
 
 
 def token_weights(grad_norm: torch.Tensor, valid: torch.Tensor, beta: float, shared_prefix: int = 0) -> torch.Tensor:

@@ -14,8 +14,8 @@ from ..arch import arch_for, get_module, head_geometry, prunable_linears
 from ..config import PruneConfig
 from ..errors import ConfigError
 from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
-from .allocation import allocate, dense_blocks, rank_normalise
-from .calibration import InputStats, rank_report, statistic_weights
+from .allocation import allocate, dense_blocks, rank_normalise, saliency_allocate
+from .calibration import InputStats, answer_saliency, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
 from .methods import get_method, obs_settings
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
@@ -82,17 +82,27 @@ def block_importance(model, head_scores: dict, channel_scores: dict):
     return imp, sizes, hs, cs
 
 
-def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict) -> dict:
+def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict, batch: CalibBatch | None = None) -> dict:
     """CAP-guided targets: sparsity per (layer, attention|MLP) block from the blocks' causal
-    importance (``block_importance``, ``allocation.allocate``), and per-unit factors in [1 - s, 1 + s]
-    by rank of the unit's score within its layer."""
+    importance (``block_importance``, ``allocation.allocate``) or, with ``alloc_signal="fisher"``, from
+    the answer loss's per-weight OBD saliency on ``batch`` (``saliency_allocate``), and per-unit factors
+    in [1 - s, 1 + s] by rank of the unit's score within its layer."""
     imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores)
     L = hs.shape[0]
     spec = arch_for(model)
-    width = get_module(get_module(model, spec.layers)[0], spec.down).in_features
+    layers = get_module(model, spec.layers)
+    width = get_module(layers[0], spec.down).in_features
     nm = cfg.nm
     g = cfg.guidance
-    alloc = allocate(imp, sizes, cfg.target_sparsity, 0.0 if nm else g["alloc_bound"])  # N:M fixes each group's share
+    bound = 0.0 if nm else g["alloc_bound"]  # N:M fixes each group's share
+    if cfg.alloc_signal == "fisher" and bound > 0:
+        if batch is None:
+            raise ConfigError("alloc_signal=fisher needs the calibration batch (its answer-loss gradients)")
+        blocks = [[lin for p, lin in _linears(layers[l], spec).items() if _kind(p, spec) == k]
+                  for k in ("attn", "mlp") for l in range(L)]  # attention of layers 0..L-1, then their MLPs
+        alloc = saliency_allocate(answer_saliency(model, batch, blocks), cfg.target_sparsity, bound)
+    else:
+        alloc = allocate(imp, sizes, cfg.target_sparsity, bound)
     s = g["unit_strength"]
     return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1],
             "importance": imp, "sizes": sizes,  # per block, for the dense-block choice (dense_plan)
@@ -144,12 +154,13 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     if method.stats != "none" and batch is None:
         raise ConfigError(f"method {cfg.method!r} needs calibration data")
     I = plan = None
+    t0 = time.perf_counter()  # the plan counts: the Fisher allocation's gradient pass is part of pruning
     if method.uses_heads and head_scores is None:
         raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
     if method.uses_channels and channel_scores is None:
         raise ConfigError(f"method {cfg.method!r} needs CAP MLP channel scores")
     if method.guided:
-        plan = guided_plan(model, cfg, head_scores, channel_scores)
+        plan = guided_plan(model, cfg, head_scores, channel_scores, batch)
     elif method.uses_heads:
         check_scores(head_scores, "head scores", num_layers=geom.num_layers, num_units=geom.num_heads, target="heads",
                      require_complete=True)
@@ -157,7 +168,6 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     dense = dense_plan(model, cfg, plan)  # (kind, layer) blocks left dense
     obs = obs_settings(cfg, method) if method.stats == "hessian" else None
     obs_dtype = getattr(torch, cfg.sparsegpt_dtype)  # the OBS solve's and the refit's precision
-    t0 = time.perf_counter()
 
     def sparsity_of(path, l):
         return plan[_kind(path, spec)][l] if plan else target
@@ -239,7 +249,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
-            "guidance": cfg.guidance if plan else None, "obs": obs,
+            "guidance": {**cfg.guidance, "alloc_signal": cfg.alloc_signal} if plan else None, "obs": obs,
             "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 
