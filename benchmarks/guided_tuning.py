@@ -26,7 +26,10 @@ on some calibration draw (it lost on draw 1 of the test split), on all three of 
 cap-wanda's validation CE moves with the draw by 0.20 (Wanda's by 0.03) and no variant narrows that
 (the ramp squared, no unit factors, scores on 128 problems, cap-sparsegpt with the damped refitted
 solve), so the defaults stay. Alone, the allocation carries the draw dependence at 30% and the token
-weights do not (but gain nothing there, and lose to Wanda at 20%). docs/methods.md has the figures.
+weights do not (but gain nothing there, and lose to Wanda at 20%). The seventh round spread the blocks'
+targets by the answer loss's per-weight OBD saliency instead (alloc_signal fisher, half the bound): ahead
+of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10%; not yet a default (the test
+split has not measured it). docs/methods.md has the figures.
 """
 
 from __future__ import annotations
