@@ -107,6 +107,9 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # the rank of the blocks' CAP unit-ablation effects, at half the bound (0.075 x the ramp)
     "cap-wanda ramp 0.5 fisher alloc 0.075": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075,
                                                            "alloc_signal": "fisher"}),
+    "cap-sparsegpt ramp 0.5 refit damp 0.1 fisher alloc 0.075": ("cap-sparsegpt", {
+        **FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30, "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
+        "mask_refit_products": "float32", "alloc_bound": 0.075, "alloc_signal": "fisher"}),
 }
 
 
