@@ -95,6 +95,8 @@ def answer_saliency(model, batch: CalibBatch, blocks: list[list[torch.nn.Linear]
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     for i in range(batch.n):  # one row at a time: the Fisher needs per-row gradients, not their sum
         part = batch.rows(i, i + 1)
+        if not int(part.tokens.sum()):  # a row without answer tokens has no answer loss to differentiate
+            continue
         before = [w.requires_grad for w in weights]
         try:
             with torch.enable_grad():
