@@ -54,6 +54,8 @@ FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the fir
         "alloc_signal": "cap",  # the blocks ranked by their CAP effects (rounds 1-6)
         "sparsegpt_damp": 0.01, "mask_refit_iters": 0,  # SparseGPT's solve as the first three rounds ran it
         "mask_refit_tol": 0.0, "mask_refit_products": "float64"}  # the fourth round's refit: every step, in float64
+# the damped, refitted OBS solve of the fourth and fifth rounds (cap-sparsegpt's 50% and N:M default since)
+DAMPED_REFIT = {"mask_refit_iters": 30, "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3, "mask_refit_products": "float32"}
 VARIANTS = {  # name -> (method, settings); explicit, so a later change of PruneConfig's defaults changes no row
     "sparsegpt": ("sparsegpt", {}),
     "cap-sparsegpt": ("cap-sparsegpt", FULL),
@@ -88,9 +90,7 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "sparsegpt refit 30 damp 0.1": ("sparsegpt", {"sparsegpt_damp": 0.1, "mask_refit_iters": 30}),
     # fifth round: the same refit stopped once a step gains <= 0.1% of the gain so far, float32 products (2.5x
     # SparseGPT's prune time was over issue #17's 2x)
-    "cap-sparsegpt refit 30 damp 0.1 stop 1e-3 f32": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
-                                                                         "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
-                                                                         "mask_refit_products": "float32"}),
+    "cap-sparsegpt refit 30 damp 0.1 stop 1e-3 f32": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, **DAMPED_REFIT}),
     # sixth round: cap-wanda at 30% kept fewer knowledge answers than Wanda on one calibration draw of three
     # (pruning.json): the guidance below 50% made smaller (the ramp squared: 0.36 of full at 30%, not 0.6) or
     # without its noisiest part (per-unit factors from channel-group ranks), each on three draws
@@ -99,17 +99,15 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # ... each guidance alone: the answer-gradient token weights, or the allocation over blocks
     "cap-wanda ramp 0.5 tokens only": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "alloc_bound": 0.0, "unit_strength": 0.0}),
     "cap-wanda ramp 0.5 alloc only": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "token_beta": 0.0, "unit_strength": 0.0}),
-    # ... and cap-sparsegpt with the damped, refitted solve of 50% and 2:4 (unmeasured below 50%) at 30%
-    "cap-sparsegpt ramp 0.5 refit damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30,
-                                                               "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
-                                                               "mask_refit_products": "float32"}),
+    # ... and cap-sparsegpt with the damped, refitted solve of 50% and 2:4 (unmeasured below 50%) at 30%: the same
+    # settings as the fifth round's "cap-sparsegpt refit 30 damp 0.1 stop 1e-3 f32", under the name its rows carry
+    "cap-sparsegpt ramp 0.5 refit damp 0.1": ("cap-sparsegpt", {**FULL, "guidance_ramp": 0.5, **DAMPED_REFIT}),
     # seventh round: the allocation from the answer loss's per-weight OBD saliency (alloc_signal fisher) instead of
     # the rank of the blocks' CAP unit-ablation effects, at half the bound (0.075 x the ramp)
     "cap-wanda ramp 0.5 fisher alloc 0.075": ("cap-wanda", {**FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075,
                                                            "alloc_signal": "fisher"}),
     "cap-sparsegpt ramp 0.5 refit damp 0.1 fisher alloc 0.075": ("cap-sparsegpt", {
-        **FULL, "guidance_ramp": 0.5, "mask_refit_iters": 30, "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3,
-        "mask_refit_products": "float32", "alloc_bound": 0.075, "alloc_signal": "fisher"}),
+        **FULL, "guidance_ramp": 0.5, **DAMPED_REFIT, "alloc_bound": 0.075, "alloc_signal": "fisher"}),
 }
 
 

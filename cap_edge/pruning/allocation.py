@@ -43,30 +43,37 @@ def allocate(importance: torch.Tensor, sizes: torch.Tensor, target: float, bound
     sum(s * sizes) / sum(sizes) == target within ``tol``. s_i = clip(target - bound * z_i + c), z the
     rank-normalised importance, c found by bisection (the weighted mean is monotone in c).
     """
+    if importance.shape != sizes.shape or importance.dim() != 1:
+        raise ConfigError(f"allocation: expected importance and sizes of one shape (n,), got "
+                          f"{tuple(importance.shape)} and {tuple(sizes.shape)}")
+    lo, hi = _bounds(target, bound, floor, ceil)
+    w = sizes.double() / sizes.double().sum()
+    base = target - bound * rank_normalise(importance)
+    c = _solve_mean(lambda c: float((w * (base + c).clamp(lo, hi)).sum()), target, -2.0 * (bound + 1), 2.0 * (bound + 1), tol)
+    return (base + c).clamp(lo, hi)
+
+
+def _bounds(target: float, bound: float, floor: float, ceil: float) -> tuple[float, float]:
+    """[target - bound, target + bound] ∩ [floor, ceil], checked: every block's sparsity lies in it."""
     if not 0 <= target < 1:
         raise ConfigError(f"allocation target: expected a value in [0, 1), got {target!r}")
     if bound < 0:
         raise ConfigError(f"allocation bound: expected >= 0, got {bound!r}")
-    if importance.shape != sizes.shape or importance.dim() != 1:
-        raise ConfigError(f"allocation: expected importance and sizes of one shape (n,), got "
-                          f"{tuple(importance.shape)} and {tuple(sizes.shape)}")
     lo, hi = max(floor, target - bound), min(ceil, target + bound)
     if not lo <= target <= hi:
         raise ConfigError(f"allocation: target {target} outside [{lo}, {hi}]")
-    w = sizes.double() / sizes.double().sum()
-    base = target - bound * rank_normalise(importance)
+    return lo, hi
 
-    def mean_at(c):
-        return float((w * (base + c).clamp(lo, hi)).sum())
 
-    a, b = -2.0 * (bound + 1), 2.0 * (bound + 1)
+def _solve_mean(mean_at, target: float, a: float, b: float, tol: float) -> float:
+    """x in [a, b] with mean_at(x) == target within ``tol`` (bisection; mean_at non-decreasing in x)."""
     for _ in range(200):
-        c = (a + b) / 2
-        m = mean_at(c)
+        x = (a + b) / 2
+        m = mean_at(x)
         if abs(m - target) <= tol:
             break
-        a, b = (c, b) if m < target else (a, c)
-    return (base + c).clamp(lo, hi)
+        a, b = (x, b) if m < target else (a, x)
+    return x
 
 
 def saliency_allocate(saliency: list[torch.Tensor], target: float, bound: float, floor: float = 0.0,
@@ -78,13 +85,9 @@ def saliency_allocate(saliency: list[torch.Tensor], target: float, bound: float,
     [target - bound, target + bound] ∩ [floor, ceil]; lam found by bisection so that the
     parameter-weighted mean equals the target, the remainder spread over the unclipped blocks.
     A block whose saliencies are all larger than another's never gets the higher sparsity."""
-    if not 0 <= target < 1:
-        raise ConfigError(f"allocation target: expected a value in [0, 1), got {target!r}")
-    if bound < 0:
-        raise ConfigError(f"allocation bound: expected >= 0, got {bound!r}")
     if not saliency or any(s.dim() != 1 or not s.numel() for s in saliency):
         raise ConfigError("saliency allocation: expected one non-empty 1-D tensor per block")
-    lo, hi = max(floor, target - bound), min(ceil, target + bound)
+    lo, hi = _bounds(target, bound, floor, ceil)
     sizes = torch.tensor([float(s.numel()) for s in saliency], dtype=torch.float64)  # (n,)
     w = sizes / sizes.sum()
 
@@ -92,13 +95,7 @@ def saliency_allocate(saliency: list[torch.Tensor], target: float, bound: float,
         below = torch.tensor([float(torch.searchsorted(s, lam)) for s in saliency], dtype=torch.float64)
         return (below / sizes).clamp(lo, hi)
 
-    a, b = 0.0, max(float(s[-1]) for s in saliency) * 2 + 1e-30
-    for _ in range(200):
-        lam = (a + b) / 2
-        m = float((w * at(lam)).sum())
-        if abs(m - target) <= tol:
-            break
-        a, b = (lam, b) if m < target else (a, lam)
+    lam = _solve_mean(lambda x: float((w * at(x)).sum()), target, 0.0, max(float(s[-1]) for s in saliency) * 2 + 1e-30, tol)
     s = at(lam)
     free = (s > lo) & (s < hi)  # ties at lam leave a remainder; the blocks off their bounds absorb it
     if free.any():
