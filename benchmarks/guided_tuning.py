@@ -39,7 +39,7 @@ import time
 
 from _common import result_lock, table, write_result
 from pruning import calibrate
-from cap_edge.config import PruneConfig, replace
+from cap_edge.config import ALLOC_BOUND, PruneConfig, replace
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
@@ -203,8 +203,10 @@ def main():
                      "score_problems": args.score_problems,
                      "val_answer_ce": ev["overall"]["answer_ce"], "val_acc": ev["overall"]["acc"],
                      "val_hits": "".join("1" if hits[p.id] else "0" for p in val), "kl_mean": q["kl_mean"], "ppl": q["ppl"],
-                     "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound", "alloc_bound_share", "guidance_ramp",
-                                                                            "guidance_power", "token_beta", "unit_strength", "alloc_signal")}}
+                     "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound_share", "guidance_ramp", "guidance_power",
+                                                                            "token_beta", "unit_strength")},
+                     "alloc_signal": cfg.allocation_signal,  # resolved: the method's defaults where the variant sets none
+                     "alloc_bound": ALLOC_BOUND[cfg.allocation_signal] if cfg.alloc_bound is None else cfg.alloc_bound}
                 if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved
                     obs = obs_settings(cfg, get_method(method))
                     r.update(sparsegpt_damp=obs["damp"], mask_refit_iters=obs["refit_iters"], mask_refit_tol=obs["refit_tol"],

@@ -82,22 +82,22 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
 
 
 STRUCTURED_METHODS = ("cap", "magnitude")
+ALLOC_BOUND = {"cap": 0.15, "fisher": 0.075}  # PruneConfig.alloc_bound's default per allocation signal
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     method: str = "cap"
-    # unstructured: share of prunable weights zeroed; N:M fixes its own (1 - N/M); structured: share
-    # of all the model's parameters removed (embeddings included in the total, never removed)
+    # unstructured: share of prunable weights zeroed; N:M fixes its own (1 - N/M); structured: share of all the model's
+    # parameters removed (embeddings included in the total, never removed)
     sparsity: float = 0.5
     pattern: str = "unstructured"
     sparsegpt_blocksize: int = 128
     # OBS solve precision: float64 keeps round-off out of masks of near-singular Hessians; float32 agrees on full-rank ones
     sparsegpt_dtype: str = "float64"
-    # Hessian methods: the damping (share of the mean input energy); the conjugate-gradient re-solve of
-    # each row's kept weights on its final mask (sparsegpt.refit_on_mask): at most iters steps, stopped
-    # once a step gains <= tol x the gain so far, its per-step product in ``products`` precision. None:
-    # the method's default (pruning.methods.obs_settings: SparseGPT's 0.01 and no refit, but cap-sparsegpt >= 50%)
+    # Hessian methods: damping (share of the mean input energy); CG re-solve of each row's kept weights on its final mask
+    # (sparsegpt.refit_on_mask): <= iters steps, stopped once a step gains <= tol x the gain so far, products in ``products``
+    # precision. None: the method's default (methods.obs_settings: SparseGPT's 0.01, no refit, but cap-sparsegpt >= 50%)
     sparsegpt_damp: float | None = None
     mask_refit_iters: int | None = None
     mask_refit_tol: float | None = None
@@ -106,23 +106,22 @@ class PruneConfig:
     # scoring needs; 128 give every layer's input full rank on the embedded model (down_proj has 1536 inputs; 32 give ~960)
     stats_problems: int = 128
     dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
-    alloc_bound: float = 0.15  # CAP-guided methods: each block's sparsity within target +/- bound
+    alloc_bound: float | None = None  # CAP-guided: each block's sparsity within target +/- bound (None: ALLOC_BOUND)
     # ... and within target +/- share x target (None: none): +/-15 points suit 50%, not 10%
     alloc_bound_share: float | None = None
-    # "cap": blocks ranked by CAP head/channel effect per parameter; "fisher": answer-loss OBD saliency (saliency_allocate)
-    alloc_signal: str = "cap"
-    # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by
-    # target / guidance_ramp (None: full strength): a 10% target moves 5x fewer weights than 50%, and KL
-    # grows with every weight the guidance moves. Chosen on validation (guided_tuning.json): cap-wanda
-    # at 10% CE 2.786 / KL 0.0059 with it vs 2.766 / 0.0150 without (Wanda 2.817 / 0.0061).
+    # "cap": blocks ranked by CAP head/channel effect per parameter; "fisher": answer-loss OBD saliency (saliency_allocate).
+    # None: fisher for cap-wanda at unstructured 15-40%, where it led on validation (guided_tuning.json, 7th round), else cap
+    alloc_signal: str | None = None
+    # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by target / guidance_ramp
+    # (None: full strength): a 10% target moves 5x fewer weights than 50%, and KL grows with every weight the guidance moves.
+    # Chosen on validation (guided_tuning.json): cap-wanda at 10% CE 2.786 / KL 0.0059 with it, 2.766 / 0.0150 without
     guidance_ramp: float | None = 0.5
     guidance_power: float = 1.0  # the ramp's exponent: scale = (target / guidance_ramp) ** power below the ramp
     token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
-    # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or
-    # MLP), chosen by ``nm_dense_by``: "cap" (the blocks with the largest CAP head/channel effect per
-    # parameter; CAP-guided methods) or "depth" (the earliest blocks; any method, a non-causal control).
-    # Effective sparsity (1 - share) x (1 - N/M) is what the report and check use.
+    # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or MLP), chosen by
+    # ``nm_dense_by``: "cap" (largest CAP head/channel effect per parameter; CAP-guided methods) or "depth" (the earliest
+    # blocks; any method, a non-causal control). Effective sparsity (1 - share) x (1 - N/M) is what report and check use.
     nm_dense: float = 0.0
     nm_dense_by: str = "cap"
     # structured only
@@ -141,10 +140,15 @@ class PruneConfig:
         return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** self.guidance_power
 
     @property
+    def allocation_signal(self) -> str:  # alloc_signal, else its default for the method and target (see the field)
+        fisher = self.method == "cap-wanda" and self.nm is None and 0.15 <= self.target_sparsity < 0.4
+        return self.alloc_signal or ("fisher" if fisher else "cap")
+
+    @property
     def effective_alloc_bound(self) -> float:
-        """The CAP-guided allocation's bound around the target: alloc_bound x guidance_scale, capped by
-        alloc_bound_share x target."""
-        b = self.alloc_bound * self.guidance_scale
+        """The CAP-guided allocation's bound around the target: alloc_bound (None: its default for the signal) x
+        guidance_scale, capped by alloc_bound_share x target."""
+        b = (ALLOC_BOUND[self.allocation_signal] if self.alloc_bound is None else self.alloc_bound) * self.guidance_scale
         return b if self.alloc_bound_share is None else min(b, self.alloc_bound_share * self.target_sparsity)
 
     @property
@@ -165,12 +169,8 @@ class PruneConfig:
                               f"got method {self.method!r}")
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope: expected global or layer, got {self.scope!r}")
-        if not isinstance(self.min_heads, int) or self.min_heads < 0:
-            raise ConfigError(f"min_heads: expected an integer >= 0, got {self.min_heads!r}")
-        if not isinstance(self.channel_group, int) or self.channel_group < 1:
-            raise ConfigError(f"channel_group: expected a positive integer, got {self.channel_group!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps: expected an integer >= 1, got {self.steps!r}")
+        for name, least in (("min_heads", 0), ("channel_group", 1), ("steps", 1)):
+            _count(name, getattr(self, name), least)
         if not isinstance(self.refit, bool):
             raise ConfigError(f"refit: expected true or false, got {self.refit!r}")
         _positive("refit_problems", self.refit_problems)
@@ -193,14 +193,14 @@ class PruneConfig:
         _positive("guidance_power", self.guidance_power)
         for name in ("alloc_bound", "token_beta", "unit_strength"):
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+            if not (v is None and name == "alloc_bound") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top):
                 raise ConfigError(f"{name}: expected a value in [0, {top}], got {v!r}")
         if isinstance(self.nm_dense, bool) or not isinstance(self.nm_dense, (int, float)) or not 0 <= self.nm_dense < 1:
             raise ConfigError(f"nm_dense: expected a share in [0, 1), got {self.nm_dense!r}")
         if self.nm_dense and self.nm is None:
             raise ConfigError(f"nm_dense keeps blocks dense beside an N:M pattern; got pattern {self.pattern!r}")
         for name, allowed in (("nm_dense_by", ("cap", "depth")), ("alloc_signal", ("cap", "fisher"))):
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and not (name == "alloc_signal" and self.alloc_signal is None):
                 raise ConfigError(f"{name}: expected {' or '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.dedup_prefix, bool):
             raise ConfigError(f"dedup_prefix: expected true or false, got {self.dedup_prefix!r}")

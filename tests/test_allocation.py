@@ -173,13 +173,30 @@ def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
         PruneConfig(alloc_signal="obd")
 
 
+def test_allocation_signal_defaults_to_fisher_for_cap_wanda_where_validation_chose_it():
+    """alloc_signal None: the answer-loss saliency for cap-wanda at unstructured 15-40% (the seventh tuning round's
+    levels, at half the bound), CAP's block ranks everywhere else; explicit values are kept."""
+    for method, sp, pattern, want in (("cap-wanda", 0.3, "unstructured", "fisher"), ("cap-wanda", 0.2, "unstructured", "fisher"),
+                                      ("cap-wanda", 0.1, "unstructured", "cap"), ("cap-wanda", 0.5, "unstructured", "cap"),
+                                      ("cap-wanda", 0.5, "2:4", "cap"), ("cap-sparsegpt", 0.3, "unstructured", "cap")):
+        cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
+        assert cfg.allocation_signal == want, (method, sp, pattern)
+        scale = min(1.0, cfg.target_sparsity / 0.5)  # the default ramp
+        assert cfg.effective_alloc_bound == pytest.approx((0.075 if want == "fisher" else 0.15) * scale)
+    explicit = PruneConfig(method="cap-wanda", sparsity=0.3, alloc_signal="cap", alloc_bound=0.1)
+    assert explicit.allocation_signal == "cap" and explicit.effective_alloc_bound == pytest.approx(0.1 * 0.6)
+    assert PruneConfig(method="cap-wanda", sparsity=0.1, alloc_signal="fisher").effective_alloc_bound == pytest.approx(0.075 * 0.2)
+    with pytest.raises(ConfigError, match="alloc_bound: expected a value in"):
+        PruneConfig(alloc_bound=-0.1)
+
+
 def test_guidance_power_steepens_the_ramp_below_its_target_only():
     assert PruneConfig(sparsity=0.3, guidance_ramp=0.5, guidance_power=2).guidance_scale == pytest.approx(0.36)
     assert PruneConfig(sparsity=0.3, guidance_ramp=0.5, guidance_power=1).guidance_scale == pytest.approx(0.6)
     assert PruneConfig(sparsity=0.5, guidance_ramp=0.5, guidance_power=2).guidance_scale == 1.0  # full at and above
     assert PruneConfig(pattern="2:4", guidance_ramp=0.5, guidance_power=2).guidance_scale == 1.0
     assert PruneConfig(sparsity=0.3, guidance_ramp=None, guidance_power=2).guidance_scale == 1.0  # no ramp, no power
-    g = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=0.5, guidance_power=2).guidance
+    g = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=0.5, guidance_power=2, alloc_signal="cap").guidance
     assert g["alloc_bound"] == pytest.approx(0.15 * 0.36) and g["unit_strength"] == pytest.approx(0.5 * 0.36)
     for bad in (0, -1, True, "2", None):
         with pytest.raises(ConfigError, match="guidance_power"):

@@ -95,7 +95,7 @@ def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict
     nm = cfg.nm
     g = cfg.guidance
     bound = 0.0 if nm else g["alloc_bound"]  # N:M fixes each group's share
-    if cfg.alloc_signal == "fisher" and bound > 0:
+    if cfg.allocation_signal == "fisher" and bound > 0:
         if batch is None:
             raise ConfigError("alloc_signal=fisher needs the calibration batch (its answer-loss gradients)")
         blocks = [[lin for p, lin in _linears(layers[l], spec).items() if _kind(p, spec) == k]
@@ -249,7 +249,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
-            "guidance": {**cfg.guidance, "alloc_signal": cfg.alloc_signal} if plan else None, "obs": obs,
+            "guidance": {**cfg.guidance, "alloc_signal": cfg.allocation_signal} if plan else None, "obs": obs,
             "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 
