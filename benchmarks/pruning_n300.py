@@ -13,6 +13,8 @@ show here).
 
     python benchmarks/pruning_n300.py [--levels 0.1 0.2 0.3 0.5 2:4] [--draw 0] [--resume]
 
+Runs of different draws can go side by side with --resume: each write merges under a lock.
+
 Writes benchmarks/results/pruning_n300.json (after every level, so a stopped run leaves a result).
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import RESULTS, write_result
+from _common import RESULTS, result_lock, write_result
 from pruning import calibrate, parse_setting, prune_timed
 from pruning_compare import ALPHA
 from cap_edge.assess import KNOWLEDGE
@@ -74,6 +76,13 @@ def level_result(lv: dict, cap: dict, base: dict) -> dict:
             "not_significantly_worse": t["p_value"] >= ALPHA or t["a_only"] >= t["b_only"], "runs": [cap, base]}
 
 
+def stored_levels(resume: bool) -> list[dict]:
+    """The stored pruning_n300.json's levels (--resume), read under the lock at each write."""
+    if not resume or not (RESULTS / "pruning_n300.json").exists():
+        return []
+    return [{"draw": 0, **v} for v in json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]]  # stored before per-draw levels: draw 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", nargs="+", default=["0.1", "0.2", "0.3", "0.5", "2:4"])
@@ -90,8 +99,7 @@ def main():
                          f"and {stored['eval']['knowledge']}")
     cal = calibrate(lm, original, "embedded", args.draw, stored["score_mode"])
     check_disjoint(cal["calib"], problems)
-    levels = [] if not args.resume or not (RESULTS / "pruning_n300.json").exists() else \
-        [{"draw": 0, **v} for v in json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]]  # stored before per-draw levels: draw 0
+    mine: list[dict] = []  # this run's levels; the stored ones are read again at each write (runs of other draws side by side)
     for setting in args.levels:
         pattern, sp = parse_setting(setting)
         lv = next(v for v in stored["summary"] if v["pattern"] == pattern and abs(v["sparsity"] - sp) < 1e-9)
@@ -101,13 +109,14 @@ def main():
             print(f"{setting} {r['method']:14s}: acc {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] n={r['n']} "
                   f"(on the stored {r['stored_check']['n']}: {r['stored_check']['acc']:.3f}, stored {r['stored']['acc']:.3f}; "
                   f"same results {r['stored_check'].get('same', '-')}) {r['prune_seconds']:.0f}s", flush=True)
-        levels = [v for v in levels if (v["pattern"], v["sparsity"], v["draw"]) != (lv["pattern"], lv["sparsity"], args.draw)]
-        levels.append(level_result(lv, *runs))
-        levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"], v["draw"]))
-        write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems),
-                                      "draws": sorted({v["draw"] for v in levels}),
-                                      "score_mode": stored["score_mode"], "pairs_from": "pruning.json summary (best_cap, best_baseline)",
-                                      "levels": levels})
+        mine.append(level_result(lv, *runs))
+        with result_lock("pruning_n300"):
+            ours = {(v["pattern"], v["sparsity"], v["draw"]) for v in mine}
+            levels = mine + [v for v in stored_levels(args.resume) if (v["pattern"], v["sparsity"], v["draw"]) not in ours]
+            levels.sort(key=lambda v: (v["pattern"] != "unstructured", v["sparsity"], v["draw"]))
+            write_result("pruning_n300", {"model": lm.source, "knowledge": KNOWLEDGE, "n": len(problems),
+                                          "draws": sorted({v["draw"] for v in levels}), "score_mode": stored["score_mode"],
+                                          "pairs_from": "pruning.json summary (best_cap, best_baseline)", "levels": levels})
 
 
 if __name__ == "__main__":
