@@ -198,7 +198,8 @@ def build(cfg: BuildConfig, progress: bool = True, log_fn=None) -> dict:
                               draw=cfg.calib_draw, model_fp=fp, progress=progress)
             models[c.name] = res.dir
             m["pruned"][c.name] = {"dir": str(res.dir), "cache_hit": res.cache_hit, "method": res.report["method"],
-                                   "pattern": res.report["pattern"], "achieved_sparsity": res.report["achieved_sparsity"]}
+                                   "pattern": res.report["pattern"], "achieved_sparsity": res.report["achieved_sparsity"],
+                                   "guidance": res.report.get("guidance")}  # CAP-guided: allocation signal, bound, factors
             if res.head_scores is not None and not (out / "head_scores.json").exists():
                 write_json(out / "head_scores.json", res.head_scores)
                 m["scores"] = {"cache_key": res.head_scores["hashes"]["cache_key"], "mode": res.head_scores["mode"],

@@ -18,7 +18,7 @@ from ..prune_io import measured_sparsity, save_pruned
 from ..scoring import build_calib_batch, load_scores_file, score_channels, score_heads
 from ..tasks import calibration_problems
 from .apply import prune_model
-from .methods import get_method
+from .methods import get_method, obs_settings
 from .structured import refit_batch
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,10 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
              "head_scores": str(scores_file) if scores_file else (head_scores or {}).get("hashes", {}).get("cache_key"),
              "channel_scores": (channel_scores or {}).get("hashes", {}).get("cache_key")}
     if out is None:
-        key = sha256_json({"model": model_fp, "calib": batch.fingerprint(), "prune": asdict(cfg),
+        # the defaults a None field resolves to (allocation signal, guidance, OBS solve) are in the key, so a changed
+        # default cannot return a model pruned under the old one
+        resolved = {"alloc_signal": cfg.allocation_signal, **cfg.guidance, "obs": obs_settings(cfg, method)}
+        key = sha256_json({"model": model_fp, "calib": batch.fingerprint(), "prune": asdict(cfg), "resolved": resolved,
                            "scores": (head_scores or {}).get("content_sha256"),
                            "channel_scores": (channel_scores or {}).get("content_sha256"), "v": 2})
         target = cache_dir() / "pruned" / key[:24]
