@@ -28,8 +28,9 @@ cap-wanda's validation CE moves with the draw by 0.20 (Wanda's by 0.03) and no v
 solve), so the defaults stay. Alone, the allocation carries the draw dependence at 30% and the token
 weights do not (but gain nothing there, and lose to Wanda at 20%). The seventh round spread the blocks'
 targets by the answer loss's per-weight OBD saliency instead (alloc_signal fisher, half the bound): ahead
-of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10%; not yet a default (the test
-split has not measured it). docs/methods.md has the figures.
+of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10% and at 50% behind the rank
+allocation: so it is cap-wanda's default at unstructured 15-40% (PruneConfig.allocation_signal), measured
+on the test split since (pruning.json). docs/methods.md has the figures.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import argparse
 import time
 
 from _common import result_lock, table, write_result
-from pruning import calibrate
+from pruning import SPLITS, calibrate
 from cap_edge.config import ALLOC_BOUND, PruneConfig, replace
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
@@ -126,6 +127,11 @@ def _knobs(r: dict) -> list[str]:
             f"{r['token_beta']:g}", f"{r['unit_strength']:g}", refit]
 
 
+def _setting(r: dict) -> str:
+    """The row's setting, and its transfer direction where it was calibrated on one half of the families."""
+    return r["setting"] + (f" {r['split']}" if r.get("split") else "")
+
+
 def _scores(r: dict) -> str:
     """The CAP scores a row used: problems and mode (rows before the sixth round: 32, exact)."""
     if not r["variant"].startswith("cap"):
@@ -155,7 +161,7 @@ def paired_rows(results: list[dict]) -> list[list]:
             if b is None:
                 continue
             m = mcnemar([c == "1" for c in r["val_hits"]], [c == "1" for c in b["val_hits"]])
-            out.append([r["setting"], r.get("draw", 0), r["variant"], _scores(r), base, f"{r['val_answer_ce'] - b['val_answer_ce']:+.3f}",
+            out.append([_setting(r), r.get("draw", 0), r["variant"], _scores(r), base, f"{r['val_answer_ce'] - b['val_answer_ce']:+.3f}",
                         f"{r['kl_mean'] / b['kl_mean']:.3f}", f"{m['a_only']}/{m['b_only']}", f"{m['p_value']:.3f}"])
     return out
 
@@ -169,6 +175,9 @@ def main():
                     help="validation leaves out what these draws' scores and statistics use (one set for runs side by side)")
     ap.add_argument("--score-mode", default="exact", help="scoring mode (benchmarks/pruning.py runs hybrid)")
     ap.add_argument("--score-problems", type=int, default=32, help="problems the CAP scores see (128: the statistics' set)")
+    ap.add_argument("--split", choices=list(SPLITS), default=None,
+                    help="transfer validation: calibrate on one half of the families (pruning.py's transfer halves, draw 0) "
+                         "and validate on the other half's validation problems")
     ap.add_argument("--append", action="store_true", help="add rows to the existing guided_tuning.json (a later round)")
     ap.add_argument("--rewrite", action="store_true", help="only render the stored rows' tables again")
     args = ap.parse_args()
@@ -181,12 +190,19 @@ def main():
     val = validation_problems(used)
     assert not {p.key for p in val} & {p.key for p in calibration_problems("embedded", 128)}
     val_keys = f"without draws {' '.join(map(str, sorted({0, *args.draws, *args.exclude_draws})))}: {len(val)}"  # a row's validation set
+    calib_spec = "embedded"
+    if args.split:  # the calibration half's families never reach the validation problems
+        calib_spec, _, other = SPLITS[args.split]
+        fams = set(other.split(":", 1)[1].split(","))
+        val = [p for p in val if p.family in fams]
+        assert not {p.family for p in calibration_problems(calib_spec, PruneConfig().stats_problems)} & fams
+        val_keys = f"transfer {args.split}, {val_keys.rsplit(': ', 1)[0]}: {len(val)}"
     ref = reference(*torch_primitives(model, tok), tok, [])  # KL and perplexity only
     original = {k: v.clone() for k, v in model.state_dict().items()}
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
     results = []
     for draw in args.draws:
-        cal = calibrate(lm, original, "embedded", draw, args.score_mode, args.score_problems)  # on the dense weights
+        cal = calibrate(lm, original, calib_spec, draw, args.score_mode, args.score_problems)  # on the dense weights
         for setting in args.settings:
             pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
             for name in args.variants:
@@ -200,6 +216,7 @@ def main():
                 hits = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
                 q = measure(*torch_primitives(model, tok)[:1], None, tok, ref)
                 r = {"setting": setting, "variant": name, "draw": draw, "score_mode": args.score_mode, "val_keys": val_keys,
+                     **({"split": args.split} if args.split else {}),
                      "score_problems": args.score_problems,
                      "val_answer_ce": ev["overall"]["answer_ce"], "val_acc": ev["overall"]["acc"],
                      "val_hits": "".join("1" if hits[p.id] else "0" for p in val), "kl_mean": q["kl_mean"], "ppl": q["ppl"],
@@ -222,15 +239,16 @@ FIRST_SET = "rounds 1-5: 484"  # rows before the sixth round: draw 0's validatio
 def render(results: list[dict]) -> str:
     """The table of every row (its validation set's size shown: CE is comparable only within one set)
     and the paired table of the rows with per-problem hits."""
-    rows = [[r["setting"], r["variant"], r.get("draw", 0), _scores(r), r.get("val_keys", FIRST_SET).rsplit(": ", 1)[1],
+    rows = [[_setting(r), r["variant"], r.get("draw", 0), _scores(r), r.get("val_keys", FIRST_SET).rsplit(": ", 1)[1],
              f"{r['val_answer_ce']:.3f}", "-" if "val_acc" not in r else f"{r['val_acc']:.3f}", f"{r['kl_mean']:.4f}",
              f"{r['ppl']:.2f}", f"{r['prune_seconds']:.0f}"] + _knobs(r) for r in results]
     order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
-    rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 9, r[4], r[1], r[2], r[3]))
+    rows.sort(key=lambda r: (order.index(r[0].split()[0]) if r[0].split()[0] in order else 9, r[0], r[4], r[1], r[2], r[3]))
     md = table(rows, ["setting", "variant", "draw", "scores", "validation n", "validation answer CE", "validation acc",
                       "KL to dense", "ppl", "prune s", "alloc bound", "bound share", "guidance ramp", "token beta",
                       "unit strength", "mask refit"])
-    pairs = sorted(paired_rows(results), key=lambda p: (order.index(p[0]) if p[0] in order else 9, p[2], p[3], p[4], p[1]))
+    pairs = sorted(paired_rows(results), key=lambda p: (order.index(p[0].split()[0]) if p[0].split()[0] in order else 9, p[0], p[2],
+                                                        p[3], p[4], p[1]))
     if pairs:
         md += "\n\nPaired on the validation problems (same draw): CAP row minus its baseline\n\n" + table(
             pairs, ["setting", "draw", "variant", "scores", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])
