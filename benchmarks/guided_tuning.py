@@ -109,6 +109,10 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
                                                            "alloc_signal": "fisher"}),
     "cap-sparsegpt ramp 0.5 refit damp 0.1 fisher alloc 0.075": ("cap-sparsegpt", {
         **FULL, "guidance_ramp": 0.5, **DAMPED_REFIT, "alloc_bound": 0.075, "alloc_signal": "fisher"}),
+    # eighth round (transfer validation, --split): the Fisher allocation alone (no unit factors or token weights), since
+    # the weights every guidance moves away from Wanda's choice raise KL, the transfer split's binding criterion
+    "cap-wanda ramp 0.5 fisher alloc 0.075 alloc only": ("cap-wanda", {
+        **FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075, "alloc_signal": "fisher", "token_beta": 0.0, "unit_strength": 0.0}),
 }
 
 
