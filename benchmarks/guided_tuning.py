@@ -30,7 +30,9 @@ weights do not (but gain nothing there, and lose to Wanda at 20%). The seventh r
 targets by the answer loss's per-weight OBD saliency instead (alloc_signal fisher, half the bound): ahead
 of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10% and at 50% behind the rank
 allocation: so it is cap-wanda's default at unstructured 15-40% (PruneConfig.allocation_signal), measured
-on the test split since (pruning.json). docs/methods.md has the figures.
+on the test split since (pruning.json). The eighth round (--split) validates transfer: calibrated on one half of the
+families and validated on the other, cap-wanda is behind Wanda at 10% A->B and 30% B->A with every variant tried,
+as on the test split. docs/methods.md has the figures.
 """
 
 from __future__ import annotations
