@@ -287,6 +287,7 @@ def test_raspberry_pi_fixed_build_prunes_with_the_fisher_allocation(tiny_dir, tm
     g = m["pruned"]["configured"]["guidance"]
     assert m["status"] == "complete" and m["artifacts"][0]["candidate"] == "configured"
     assert g["alloc_signal"] == "fisher" and g["alloc_bound"] == pytest.approx(0.075 * 0.6)  # half the bound, the ramp's 0.6
+    assert m["plan"]["candidates"][1]["prune"]["guidance"] == g  # the resolved plan (--dry-run) shows what the prune used
     assert abs(m["pruned"]["configured"]["achieved_sparsity"] - 0.3) < 0.01
     # a changed default is part of the pruned-model cache key: the same config then prunes again, not from the cache
     monkeypatch.setitem(ALLOC_BOUND, "fisher", 0.05)

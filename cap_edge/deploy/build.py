@@ -16,12 +16,24 @@ from pathlib import Path
 from ..config import BuildConfig, ScoreConfig
 from ..errors import CapEdgeError, MemoryBudgetError
 from ..io import write_json
+from ..pruning.methods import get_method
 from .estimate import memory_estimates, param_count
 
 # rough costs on the 2-core reference host for the dry run's estimate (seconds, SmolLM2-135M; scaled
 # by parameters): scores, one pruned model, one artifact through export + assessment + timing
 COST = {"scores": 150.0, "prune": 60.0, "artifact": 80.0}
 
+
+
+def _prune_plan(pc) -> dict | None:
+    """A candidate's pruning as the plan prints it; a CAP-guided method's resolved guidance too (its allocation
+    signal and bound are defaults that depend on the method and target)."""
+    if pc is None:
+        return None
+    out = {"method": pc.method, "pattern": pc.pattern, "sparsity": pc.target_sparsity}
+    if get_method(pc.method).guided:
+        out["guidance"] = {**pc.guidance, "alloc_signal": pc.allocation_signal}
+    return out
 
 def output_specs(cfg: BuildConfig):
     from exporters import get_spec
@@ -63,9 +75,7 @@ def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
         "scoring": {"mode": cfg.scoring_mode, "subsets": ScoreConfig().subsets},
         "search": asdict(cfg.search_cfg) if cfg.searching else "off (the profile's [prune] configuration)",
         "targets": asdict(p.targets),
-        "candidates": [{"name": c.name, "output": c.output, "baseline": c.baseline,
-                        "prune": None if c.prune is None else {"method": c.prune.method, "pattern": c.prune.pattern,
-                                                               "sparsity": c.prune.target_sparsity}} for c in cands],
+        "candidates": [{"name": c.name, "output": c.output, "baseline": c.baseline, "prune": _prune_plan(c.prune)} for c in cands],
         "estimated_seconds": round(cost), "estimated_seconds_label": "rough, from this project's 2-core host",
         "outputs": [f"{f}:{pr}" for f, pr in cfg.outputs()], "runtime": asdict(p.runtime),
         "evaluation": {"tasks": cfg.eval_tasks, **{k: getattr(cfg.search_cfg, k) for k in ("knowledge_per_family",
