@@ -115,6 +115,9 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # the weights every guidance moves away from Wanda's choice raise KL, the transfer split's binding criterion
     "cap-wanda ramp 0.5 fisher alloc 0.075 alloc only": ("cap-wanda", {
         **FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075, "alloc_signal": "fisher", "token_beta": 0.0, "unit_strength": 0.0}),
+    # ... and the Fisher allocation with every guidance weakened by the squared ramp (0.36 of full strength at 30%)
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075": ("cap-wanda", {
+        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher"}),
 }
 
 
