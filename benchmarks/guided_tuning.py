@@ -42,7 +42,7 @@ import time
 
 from _common import result_lock, table, write_result
 from pruning import SPLITS, calibrate
-from cap_edge.config import ALLOC_BOUND, PruneConfig, replace
+from cap_edge.config import PruneConfig, replace
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
@@ -141,6 +141,12 @@ def _setting(r: dict) -> str:
     return r["setting"] + (f" {r['split']}" if r.get("split") else "")
 
 
+def _level(setting: str) -> int:
+    """Sort position of a shown setting ("0.3" or "0.3 A->B"): by level, unknown ones last."""
+    order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
+    return order.index(setting.split()[0]) if setting.split()[0] in order else 9
+
+
 def _scores(r: dict) -> str:
     """The CAP scores a row used: problems and mode (rows before the sixth round: 32, exact)."""
     if not r["variant"].startswith("cap"):
@@ -232,7 +238,7 @@ def main():
                      "prune_seconds": secs, **{k: getattr(cfg, k) for k in ("alloc_bound_share", "guidance_ramp", "guidance_power",
                                                                             "token_beta", "unit_strength")},
                      "alloc_signal": cfg.allocation_signal,  # resolved: the method's defaults where the variant sets none
-                     "alloc_bound": ALLOC_BOUND[cfg.allocation_signal] if cfg.alloc_bound is None else cfg.alloc_bound}
+                     "alloc_bound": cfg.base_alloc_bound}
                 if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved
                     obs = obs_settings(cfg, get_method(method))
                     r.update(sparsegpt_damp=obs["damp"], mask_refit_iters=obs["refit_iters"], mask_refit_tol=obs["refit_tol"],
@@ -251,13 +257,11 @@ def render(results: list[dict]) -> str:
     rows = [[_setting(r), r["variant"], r.get("draw", 0), _scores(r), r.get("val_keys", FIRST_SET).rsplit(": ", 1)[1],
              f"{r['val_answer_ce']:.3f}", "-" if "val_acc" not in r else f"{r['val_acc']:.3f}", f"{r['kl_mean']:.4f}",
              f"{r['ppl']:.2f}", f"{r['prune_seconds']:.0f}"] + _knobs(r) for r in results]
-    order = ["0.1", "0.2", "0.3", "0.5", "2:4"]
-    rows.sort(key=lambda r: (order.index(r[0].split()[0]) if r[0].split()[0] in order else 9, r[0], r[4], r[1], r[2], r[3]))
+    rows.sort(key=lambda r: (_level(r[0]), r[0], r[4], r[1], r[2], r[3]))
     md = table(rows, ["setting", "variant", "draw", "scores", "validation n", "validation answer CE", "validation acc",
                       "KL to dense", "ppl", "prune s", "alloc bound", "bound share", "guidance ramp", "token beta",
                       "unit strength", "mask refit"])
-    pairs = sorted(paired_rows(results), key=lambda p: (order.index(p[0].split()[0]) if p[0].split()[0] in order else 9, p[0], p[2],
-                                                        p[3], p[4], p[1]))
+    pairs = sorted(paired_rows(results), key=lambda p: (_level(p[0]), p[0], p[2], p[3], p[4], p[1]))
     if pairs:
         md += "\n\nPaired on the validation problems (same draw): CAP row minus its baseline\n\n" + table(
             pairs, ["setting", "draw", "variant", "scores", "baseline", "answer CE", "KL ratio", "CAP-only/baseline-only", "McNemar p"])

@@ -135,8 +135,7 @@ class PruneConfig:
     refit_damp: float = 1.0  # ridge term of the refit, as a share of the mean input energy (benchmarks/structured.py)
 
     @property
-    def guidance_scale(self) -> float:
-        """The factor on every CAP guidance: min(1, target / guidance_ramp) ** guidance_power, 1 without a ramp."""
+    def guidance_scale(self) -> float:  # the factor on every CAP guidance: min(1, target / ramp) ** power, 1 without a ramp
         return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** self.guidance_power
 
     @property
@@ -145,18 +144,19 @@ class PruneConfig:
         return self.alloc_signal or ("fisher" if fisher else "cap")
 
     @property
-    def effective_alloc_bound(self) -> float:
-        """The CAP-guided allocation's bound around the target: alloc_bound (None: its default for the signal) x
-        guidance_scale, capped by alloc_bound_share x target."""
-        b = (ALLOC_BOUND[self.allocation_signal] if self.alloc_bound is None else self.alloc_bound) * self.guidance_scale
+    def base_alloc_bound(self) -> float:  # alloc_bound, else ALLOC_BOUND's default for the allocation signal
+        return ALLOC_BOUND[self.allocation_signal] if self.alloc_bound is None else self.alloc_bound
+
+    @property
+    def effective_alloc_bound(self) -> float:  # base_alloc_bound x guidance_scale, capped by alloc_bound_share x target
+        b = self.base_alloc_bound * self.guidance_scale
         return b if self.alloc_bound_share is None else min(b, self.alloc_bound_share * self.target_sparsity)
 
     @property
-    def guidance(self) -> dict:
-        """What the CAP-guided methods apply: the scale, allocation bound, unit strength and token beta."""
+    def guidance(self) -> dict:  # what the CAP-guided methods apply, resolved (the report and build plan show it)
         s = self.guidance_scale
         return {"scale": s, "alloc_bound": self.effective_alloc_bound, "unit_strength": self.unit_strength * s,
-                "token_beta": self.token_beta * s}
+                "token_beta": self.token_beta * s, "alloc_signal": self.allocation_signal}
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:

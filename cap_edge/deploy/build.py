@@ -24,7 +24,6 @@ from .estimate import memory_estimates, param_count
 COST = {"scores": 150.0, "prune": 60.0, "artifact": 80.0}
 
 
-
 def _prune_plan(pc) -> dict | None:
     """A candidate's pruning as the plan prints it; a CAP-guided method's resolved guidance too (its allocation
     signal and bound are defaults that depend on the method and target)."""
@@ -32,8 +31,9 @@ def _prune_plan(pc) -> dict | None:
         return None
     out = {"method": pc.method, "pattern": pc.pattern, "sparsity": pc.target_sparsity}
     if get_method(pc.method).guided:
-        out["guidance"] = {**pc.guidance, "alloc_signal": pc.allocation_signal}
+        out["guidance"] = pc.guidance
     return out
+
 
 def output_specs(cfg: BuildConfig):
     from exporters import get_spec

@@ -249,7 +249,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             "dense_blocks": [f"{k} {l}" for k, l in sorted(dense)], "dense_share": kept_dense / total,
             "achieved_sparsity": zeros / total, "prunable_params": total, "seconds": time.perf_counter() - t0,
             "layers": per, "allocation": {"attn": plan["attn"], "mlp": plan["mlp"]} if plan else None,
-            "guidance": {**cfg.guidance, "alloc_signal": cfg.allocation_signal} if plan else None, "obs": obs,
+            "guidance": cfg.guidance if plan else None, "obs": obs,
             "calibration_statistics": calib_info if method.stats != "none" else None,
             "never_pruned": "embeddings, norms and the LM head (tied to the embeddings in SmolLM2)"}
 

@@ -93,22 +93,22 @@ def answer_saliency(model, batch: CalibBatch, blocks: list[list[torch.nn.Linear]
     dec = Decoder(model)
     weights = [lin.weight for blk in blocks for lin in blk]
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
-    for i in range(batch.n):  # one row at a time: the Fisher needs per-row gradients, not their sum
-        part = batch.rows(i, i + 1)
-        if not int(part.tokens.sum()):  # a row without answer tokens has no answer loss to differentiate
-            continue
-        before = [w.requires_grad for w in weights]
-        try:
+    before = [w.requires_grad for w in weights]
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        for i in range(batch.n):  # one row at a time: the Fisher needs per-row gradients, not their sum
+            part = batch.rows(i, i + 1)
+            if not int(part.tokens.sum()):  # a row without answer tokens has no answer loss to differentiate
+                continue
             with torch.enable_grad():
-                for w in weights:
-                    w.requires_grad_(True)
                 hf = dec.run(dec.embed(part.input_ids.to(dec.device)), 0)  # (1, T, D)
                 grads = torch.autograd.grad(dec.answer_nll(hf, part)[0].sum(), weights)
-        finally:
-            for w, r in zip(weights, before):
-                w.requires_grad_(r)
-        for f, g in zip(fisher, grads):
-            f += g.float() ** 2
+            for f, g in zip(fisher, grads):
+                f += g.float() ** 2
+    finally:  # as the model was loaded (for inference: no gradients)
+        for w, r in zip(weights, before):
+            w.requires_grad_(r)
     out, k = [], 0
     for blk in blocks:
         pairs = zip(fisher[k:k + len(blk)], weights[k:k + len(blk)])

@@ -76,7 +76,7 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
     if out is None:
         # the defaults a None field resolves to (allocation signal, guidance, OBS solve) are in the key, so a changed
         # default cannot return a model pruned under the old one
-        resolved = {"alloc_signal": cfg.allocation_signal, **cfg.guidance, "obs": obs_settings(cfg, method)}
+        resolved = {**cfg.guidance, "obs": obs_settings(cfg, method)}
         key = sha256_json({"model": model_fp, "calib": batch.fingerprint(), "prune": asdict(cfg), "resolved": resolved,
                            "scores": (head_scores or {}).get("content_sha256"),
                            "channel_scores": (channel_scores or {}).get("content_sha256"), "v": 2})
