@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .guidance import Guidance, default_bound, default_guidance
 
 if TYPE_CHECKING:  # profiles import this module, so only for the annotation
     from device_profiles import DeviceProfile
@@ -82,7 +83,6 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
 
 
 STRUCTURED_METHODS = ("cap", "magnitude")
-ALLOC_BOUND = {"cap": 0.15, "fisher": 0.075}  # PruneConfig.alloc_bound's default per allocation signal
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,16 @@ class PruneConfig:
     # scoring needs; 128 give every layer's input full rank on the embedded model (down_proj has 1536 inputs; 32 give ~960)
     stats_problems: int = 128
     dedup_prefix: bool = True  # the chat template's shared prefix counts once in the statistics
-    alloc_bound: float | None = None  # CAP-guided: each block's sparsity within target +/- bound (None: ALLOC_BOUND)
-    # ... and within target +/- share x target (None: none): +/-15 points suit 50%, not 10%
-    alloc_bound_share: float | None = None
-    # "cap": blocks ranked by CAP head/channel effect per parameter; "fisher": answer-loss OBD saliency (saliency_allocate).
-    # None: fisher for cap-wanda at unstructured 15-40%, where it led on validation (guided_tuning.json, 7th round), else cap
-    alloc_signal: str | None = None
-    # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by target / guidance_ramp
-    # (None: full strength): a 10% target moves 5x fewer weights than 50%, and KL grows with every weight the guidance moves.
-    # Chosen on validation (guided_tuning.json): cap-wanda at 10% CE 2.786 / KL 0.0059 with it, 2.766 / 0.0150 without
+    # CAP-guided knobs; None: guidance.default_guidance's value for the method, pattern and target (chosen on validation)
+    alloc_bound: float | None = None  # each block's sparsity within target +/- bound
+    alloc_bound_share: float | None = None  # ... and within target +/- share x target (None: no such limit)
+    alloc_signal: str | None = None  # "cap": blocks ranked by CAP head/channel effect per parameter; "fisher": OBD saliency
+    # below this target every CAP guidance (allocation bound, unit strength, token beta) is scaled by (target / ramp) **
+    # power (ramp None: full strength): KL grows with every weight the guidance moves (guided_tuning.json, third round)
     guidance_ramp: float | None = 0.5
-    guidance_power: float = 1.0  # the ramp's exponent: scale = (target / guidance_ramp) ** power below the ramp
-    token_beta: float = 0.5  # token weights: (1 - beta) + beta * normalised answer-gradient norm
-    unit_strength: float = 0.5  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
+    guidance_power: float | None = None
+    token_beta: float | None = None  # token weights: (1 - beta) + beta * normalised answer-gradient norm
+    unit_strength: float | None = None  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
     # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or MLP), chosen by
     # ``nm_dense_by``: "cap" (largest CAP head/channel effect per parameter; CAP-guided methods) or "depth" (the earliest
     # blocks; any method, a non-causal control). Effective sparsity (1 - share) x (1 - N/M) is what report and check use.
@@ -135,17 +132,20 @@ class PruneConfig:
     refit_damp: float = 1.0  # ridge term of the refit, as a share of the mean input energy (benchmarks/structured.py)
 
     @property
+    def default_guidance(self) -> Guidance:  # what the None knobs resolve to (guidance.default_guidance)
+        return default_guidance(self.method, self.nm, self.target_sparsity)
+
+    def knob(self, name: str, default: str | None = None):  # the field, else its default_guidance value
+        return getattr(self.default_guidance, default or name) if getattr(self, name) is None else getattr(self, name)
+
+    @property
     def guidance_scale(self) -> float:  # the factor on every CAP guidance: min(1, target / ramp) ** power, 1 without a ramp
-        return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** self.guidance_power
+        power = self.knob("guidance_power", "power")
+        return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** power
 
-    @property
-    def allocation_signal(self) -> str:  # alloc_signal, else its default for the method and target (see the field)
-        fisher = self.method == "cap-wanda" and self.nm is None and 0.15 <= self.target_sparsity < 0.4
-        return self.alloc_signal or ("fisher" if fisher else "cap")
-
-    @property
-    def base_alloc_bound(self) -> float:  # alloc_bound, else ALLOC_BOUND's default for the allocation signal
-        return ALLOC_BOUND[self.allocation_signal] if self.alloc_bound is None else self.alloc_bound
+    allocation_signal = property(lambda self: self.knob("alloc_signal"))  # resolved: "cap" or "fisher"
+    base_alloc_bound = property(lambda self: default_bound(self.default_guidance, self.allocation_signal)  # before the ramp
+                                if self.alloc_bound is None else self.alloc_bound)
 
     @property
     def effective_alloc_bound(self) -> float:  # base_alloc_bound x guidance_scale, capped by alloc_bound_share x target
@@ -155,8 +155,8 @@ class PruneConfig:
     @property
     def guidance(self) -> dict:  # what the CAP-guided methods apply, resolved (the report and build plan show it)
         s = self.guidance_scale
-        return {"scale": s, "alloc_bound": self.effective_alloc_bound, "unit_strength": self.unit_strength * s,
-                "token_beta": self.token_beta * s, "alloc_signal": self.allocation_signal}
+        return {"scale": s, "alloc_bound": self.effective_alloc_bound, "unit_strength": self.knob("unit_strength") * s,
+                "token_beta": self.knob("token_beta") * s, "alloc_signal": self.allocation_signal}
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -190,10 +190,10 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
                 raise ConfigError(f"{name}: expected a value in (0, 1] or none, got {v!r}")
-        _positive("guidance_power", self.guidance_power)
+        _positive("guidance_power", self.guidance_power, allow_none=True)
         for name in ("alloc_bound", "token_beta", "unit_strength"):
             v, top = getattr(self, name), 1.0 if name == "token_beta" else 0.99
-            if not (v is None and name == "alloc_bound") and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top):
                 raise ConfigError(f"{name}: expected a value in [0, {top}], got {v!r}")
         if isinstance(self.nm_dense, bool) or not isinstance(self.nm_dense, (int, float)) or not 0 <= self.nm_dense < 1:
             raise ConfigError(f"nm_dense: expected a share in [0, 1), got {self.nm_dense!r}")

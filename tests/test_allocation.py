@@ -115,7 +115,7 @@ def test_guided_allocation_and_weights_change_the_result(tokenizer):
 
 def test_relative_bound_shrinks_the_allocation_with_the_target(tokenizer):
     batch, heads, chans = _setup(tokenizer)
-    off = dict(guidance_ramp=None)  # the relative bound alone
+    off = dict(guidance_ramp=None, alloc_bound=0.15)  # the relative bound alone (cap-wanda's 10% default has no allocation)
     assert PruneConfig(sparsity=0.5, alloc_bound_share=0.3, **off).effective_alloc_bound == pytest.approx(0.15)
     assert PruneConfig(sparsity=0.1, alloc_bound_share=0.3, **off).effective_alloc_bound == pytest.approx(0.03)
     assert PruneConfig(sparsity=0.1, **off).effective_alloc_bound == 0.15  # none: the absolute bound alone
@@ -173,21 +173,29 @@ def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
         PruneConfig(alloc_signal="obd")
 
 
-def test_allocation_signal_defaults_to_fisher_for_cap_wanda_where_validation_chose_it():
-    """alloc_signal None: the answer-loss saliency for cap-wanda at unstructured 15-40% (the seventh tuning round's
-    levels, at half the bound), CAP's block ranks everywhere else; explicit values are kept."""
-    for method, sp, pattern, want in (("cap-wanda", 0.3, "unstructured", "fisher"), ("cap-wanda", 0.2, "unstructured", "fisher"),
-                                      ("cap-wanda", 0.1, "unstructured", "cap"), ("cap-wanda", 0.5, "unstructured", "cap"),
-                                      ("cap-wanda", 0.5, "2:4", "cap"), ("cap-sparsegpt", 0.3, "unstructured", "cap")):
-        cfg = PruneConfig(method=method, sparsity=sp, pattern=pattern)
-        assert cfg.allocation_signal == want, (method, sp, pattern)
-        scale = min(1.0, cfg.target_sparsity / 0.5)  # the default ramp
-        assert cfg.effective_alloc_bound == pytest.approx((0.075 if want == "fisher" else 0.15) * scale)
-    explicit = PruneConfig(method="cap-wanda", sparsity=0.3, alloc_signal="cap", alloc_bound=0.1)
-    assert explicit.allocation_signal == "cap" and explicit.effective_alloc_bound == pytest.approx(0.1 * 0.6)
-    assert PruneConfig(method="cap-wanda", sparsity=0.1, alloc_signal="fisher").effective_alloc_bound == pytest.approx(0.075 * 0.2)
-    with pytest.raises(ConfigError, match="alloc_bound: expected a value in"):
-        PruneConfig(alloc_bound=-0.1)
+def test_guidance_defaults_follow_the_validated_table():
+    """Knobs left None resolve by method, pattern and target (cap_edge.guidance, chosen on validation): cap-wanda
+    below 15% the token weights alone, at 15-40% the answer-loss saliency allocation (half the bound) with every
+    knob at the squared ramp, elsewhere CAP's block ranks at the linear ramp; explicit values are kept."""
+    cases = (("cap-wanda", 0.1, "unstructured", "cap", 0.0, 0.0, 0.5 * 0.2),  # the token weights alone
+             ("cap-wanda", 0.2, "unstructured", "fisher", 0.075 * 0.16, 0.5 * 0.16, 0.5 * 0.16),  # (0.2 / 0.5) ** 2
+             ("cap-wanda", 0.3, "unstructured", "fisher", 0.075 * 0.36, 0.5 * 0.36, 0.5 * 0.36),
+             ("cap-wanda", 0.5, "unstructured", "cap", 0.15, 0.5, 0.5), ("cap-wanda", 0.5, "2:4", "cap", 0.15, 0.5, 0.5),
+             ("cap-sparsegpt", 0.3, "unstructured", "cap", 0.15 * 0.6, 0.5 * 0.6, 0.5 * 0.6),
+             ("cap-sparsegpt", 0.1, "unstructured", "cap", 0.15 * 0.2, 0.5 * 0.2, 0.5 * 0.2))
+    for method, sp, pattern, signal, bound, unit, beta in cases:
+        g = PruneConfig(method=method, sparsity=sp, pattern=pattern).guidance
+        got = (g["alloc_signal"], g["alloc_bound"], g["unit_strength"], g["token_beta"])
+        assert got == (signal, pytest.approx(bound), pytest.approx(unit), pytest.approx(beta)), (method, sp, pattern)
+    explicit = PruneConfig(method="cap-wanda", sparsity=0.3, alloc_signal="cap", alloc_bound=0.1, guidance_power=1, unit_strength=0.2)
+    g = explicit.guidance
+    assert (g["alloc_signal"], g["alloc_bound"], g["unit_strength"], g["token_beta"]) == (
+        "cap", pytest.approx(0.1 * 0.6), pytest.approx(0.2 * 0.6), pytest.approx(0.5 * 0.6))  # token_beta unset: the default's
+    assert PruneConfig(method="cap-wanda", sparsity=0.1, alloc_signal="fisher", alloc_bound=0.075).effective_alloc_bound == \
+        pytest.approx(0.075 * 0.2)
+    for name in ("alloc_bound", "unit_strength", "token_beta"):
+        with pytest.raises(ConfigError, match=f"{name}: expected a value in"):
+            PruneConfig(**{name: -0.1})
 
 
 def test_guidance_power_steepens_the_ramp_below_its_target_only():
@@ -198,7 +206,7 @@ def test_guidance_power_steepens_the_ramp_below_its_target_only():
     assert PruneConfig(sparsity=0.3, guidance_ramp=None, guidance_power=2).guidance_scale == 1.0  # no ramp, no power
     g = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=0.5, guidance_power=2, alloc_signal="cap").guidance
     assert g["alloc_bound"] == pytest.approx(0.15 * 0.36) and g["unit_strength"] == pytest.approx(0.5 * 0.36)
-    for bad in (0, -1, True, "2", None):
+    for bad in (0, -1, True, "2"):
         with pytest.raises(ConfigError, match="guidance_power"):
             PruneConfig(guidance_power=bad)
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -5,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cap_edge.cli import app
-from cap_edge.config import ALLOC_BOUND, BudgetConfig, PruneConfig
+from cap_edge import guidance
+from cap_edge.config import BudgetConfig, PruneConfig
 from cap_edge.errors import MemoryBudgetError
 from cap_edge.config import BuildConfig
 from cap_edge.deploy.build import build, output_specs
@@ -279,17 +281,20 @@ def test_calibration_draw_reaches_the_plan_and_the_pruned_model(tiny_dir, tmp_pa
 
 
 def test_raspberry_pi_fixed_build_prunes_with_the_fisher_allocation(tiny_dir, tmp_path, monkeypatch):
-    """raspberry-pi-5's --no-search method is pruning.json's winner at 30% (cap-wanda), whose default allocation
-    there is the answer loss's saliency: a build runs it end to end and records the signal it used."""
+    """raspberry-pi-5's --no-search method is pruning.json's winner at 30% (cap-wanda), whose default guidance
+    there is the answer loss's saliency allocation at the squared ramp: a build runs it end to end and records it."""
     prof = load_profile("raspberry-pi-5")
     assert (prof.prune.method, prof.prune.allocation_signal) == ("cap-wanda", "fisher")
     m = build(_tiny_build(tiny_dir, tmp_path / "b", profile=prof, search=False), progress=False)
     g = m["pruned"]["configured"]["guidance"]
     assert m["status"] == "complete" and m["artifacts"][0]["candidate"] == "configured"
-    assert g["alloc_signal"] == "fisher" and g["alloc_bound"] == pytest.approx(0.075 * 0.6)  # half the bound, the ramp's 0.6
+    assert g["alloc_signal"] == "fisher" and g["alloc_bound"] == pytest.approx(0.075 * 0.36)  # half the bound, (0.3 / 0.5) ** 2
+    assert g["unit_strength"] == pytest.approx(0.5 * 0.36) and g["token_beta"] == pytest.approx(0.5 * 0.36)
     assert m["plan"]["candidates"][1]["prune"]["guidance"] == g  # the resolved plan (--dry-run) shows what the prune used
     assert abs(m["pruned"]["configured"]["achieved_sparsity"] - 0.3) < 0.01
     # a changed default is part of the pruned-model cache key: the same config then prunes again, not from the cache
-    monkeypatch.setitem(ALLOC_BOUND, "fisher", 0.05)
+    bands = [(lo, hi, dataclasses.replace(g, alloc_bound=0.05) if g.alloc_signal == "fisher" else g)
+             for lo, hi, g in guidance.CAP_WANDA_BANDS]
+    monkeypatch.setattr(guidance, "CAP_WANDA_BANDS", tuple(bands))
     again = build(_tiny_build(tiny_dir, tmp_path / "c", profile=prof, search=False), progress=False)["pruned"]["configured"]
-    assert not again["cache_hit"] and again["guidance"]["alloc_bound"] == pytest.approx(0.05 * 0.6)
+    assert not again["cache_hit"] and again["guidance"]["alloc_bound"] == pytest.approx(0.05 * 0.36)
