@@ -32,7 +32,10 @@ of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10% and a
 allocation: so it is cap-wanda's default at unstructured 15-40% (PruneConfig.allocation_signal), measured
 on the test split since (pruning.json). The eighth round (--split) validates transfer: calibrated on one half of the
 families and validated on the other, cap-wanda is behind Wanda at 10% A->B and 30% B->A with every variant tried,
-as on the test split. docs/methods.md has the figures.
+as on the test split. The ninth round chose per level the variant meeting issue #17's criteria on all five cells
+(calibration families over three draws, both transfer directions): the token weights alone at 10%, the Fisher
+allocation with every knob at the squared ramp at 15-40% (cap_edge/guidance.py, the defaults since).
+docs/methods.md has the figures.
 """
 
 from __future__ import annotations

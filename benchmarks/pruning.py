@@ -3,7 +3,8 @@ calibration draws (disjoint subsets of the calibration split), in one run with t
 for every row: accuracy on the families where the dense model is above chance (n = 3 x
 --knowledge-per-family), answer CE over the whole suite, KL to the dense model, generation
 retention, perplexity; paired McNemar tests; a transfer check (calibrate on one half of the
-families, evaluate on the other, both directions); per-layer rank of the calibration statistics.
+families, evaluate on the other, both directions; calibration draw 0, or --transfer-draws, judged on their
+mean as the calibration families' draws are); per-layer rank of the calibration statistics.
 
     python benchmarks/pruning.py [--draws 3] [--knowledge-per-family 100]
 
@@ -151,6 +152,8 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="re-run only these (with --keep-stored the stored runs of the others are kept)")
     ap.add_argument("--transfer-methods", nargs="*", default=list(TRANSFER_METHODS))
+    ap.add_argument("--transfer-draws", nargs="+", type=int, default=[0],
+                    help="calibration draws of the transfer rows (judged on their mean, as the calibration families' draws)")
     ap.add_argument("--transfer-splits", nargs="+", default=list(SPLITS), choices=SPLITS,
                     help="run only these transfer directions (two runs with --keep-stored can take one each side by side)")
     ap.add_argument("--no-precision-check", action="store_true", help="skip SparseGPT float32 vs float64 on draw 0")
@@ -197,14 +200,17 @@ def main():
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
         tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
-        cal = calibrate(lm, original, calib_spec, 0, args.score_mode)  # restores the dense weights, so the reference is dense too
-        tref = dense_reference(lm.model, lm.tokenizer, tev)
-        for setting in args.transfer_settings:
-            pattern, sp = parse_setting(setting)
-            for m in args.transfer_methods:
-                r = {**run_setting(lm, original, cal, tev, tref, m, pattern, sp), "split": name, "draw": 0}
-                transfer.append(r)
-                print(f"transfer {name} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} KL {r['kl']:.4f}", flush=True)
+        tref = None
+        for d in args.transfer_draws:
+            cal = calibrate(lm, original, calib_spec, d, args.score_mode)  # restores the dense weights, so the reference is dense
+            tref = tref or dense_reference(lm.model, lm.tokenizer, tev)
+            for setting in args.transfer_settings:
+                pattern, sp = parse_setting(setting)
+                for m in args.transfer_methods:
+                    r = {**run_setting(lm, original, cal, tev, tref, m, pattern, sp), "split": name, "draw": d}
+                    transfer.append(r)
+                    print(f"transfer {name} draw {d} {m:14s} {setting}: acc {r['acc']:.3f} CE {r['answer_ce']:.3f} "
+                          f"KL {r['kl']:.4f}", flush=True)
     lm.model.load_state_dict(original)
     write(args, lm, ev, ref, dense, runs, scoring, transfer, precision)
 
@@ -237,7 +243,8 @@ def load_stored(args, ev) -> dict:
     own = [st for st in old["settings"] if st not in credited and parse_setting(st) in levels]
     return {"runs": runs,
             "transfer": [unpacked(r) for r in old["transfer"] if (r["pattern"], r["target_sparsity"]) not in theirs
-                         or r["method"] not in args.transfer_methods or r["split"] not in args.transfer_splits],
+                         or r["method"] not in args.transfer_methods or r["split"] not in args.transfer_splits
+                         or r.get("draw", 0) not in args.transfer_draws],
             "precision": [pc for pc in old["sparsegpt_precision"] if (pc["pattern"], pc["sparsity"]) not in mine
                           or args.first_draw > 0 or args.no_precision_check or "sparsegpt" not in args.methods],
             "settings": [st for st in old["settings"] if parse_setting(st) in levels],
@@ -277,7 +284,8 @@ def _write(args, lm, ev, ref, dense, runs: list[dict], scoring: list[dict], tran
             methods = {r["method"] for r in level}
             if methods & set(CAP_METHODS) and methods & set(BASELINES):  # a checkpoint may hold one side's stored rows only
                 lv = {"split": name, "pattern": pattern, "sparsity": sp}
-                transfer_summary.append({**lv, **compare(level, [0], stored["known"].get(level_key(lv)))})
+                draws = sorted({r.get("draw", 0) for r in level})  # compare() keeps the draws every method has run
+                transfer_summary.append({**lv, **compare(level, draws, stored["known"].get(level_key(lv)))})
     rows = [["dense", "-", "0.00", "1", f"{dense['knowledge']['acc']:.3f}", "-", f"{dense['suite']['answer_ce']:.3f}", "0",
              "1.00", f"{ref.ppl:.1f}", "-"]]
     for lv in summary:
