@@ -104,7 +104,8 @@ def pruning(r: dict) -> str:
            md_table(PER_CAP_HEAD, _per_cap_rows(r["summary"] + r.get("transfer_summary", []),
                                                 lambda lv: f"{lv.get('split', '')} {lv['pattern']} {lv['sparsity']:.2f}".strip()))]
     if r.get("transfer_summary"):
-        out += ["", "Transfer (calibrate on one half of the families, evaluate on the other; one draw):", "",
+        out += ["", "Transfer (calibrate on one half of the families, evaluate on the other; the draws each level ran, "
+                "judged on their mean and McNemar per draw):", "",
                 md_table(CRIT_HEAD, _criteria_rows(r["transfer_summary"], lambda lv: f"{lv['split']} {lv['pattern']} {lv['sparsity']:.2f}"))]
     out += ["", "Differences in mean answer CE larger than the calibration noise (the two methods' ranges over "
             "the level's draws do not overlap; lower CE first):", "", noise_statement(r)]
@@ -173,6 +174,11 @@ def refit_speed(r: dict) -> str:
             + md_table(["prune", "CPU s", "vs SparseGPT", "OBS solve"], rows))
 
 
+def _draws(t: dict) -> str:
+    n = len(t["mcnemar_per_draw"])
+    return "one calibration draw" if n == 1 else f"mean of {n} calibration draws"
+
+
 def transfer_rows(p: dict) -> list[list[str]]:
     """One glance row per transfer level: both directions' best CAP method against the best baseline."""
     rows = []
@@ -181,6 +187,6 @@ def transfer_rows(p: dict) -> list[list[str]]:
         rows.append([f"transfer {key[0]} {key[1]:.0%} (calibrate on one half of the families, evaluate on the other)",
                      "; ".join(f"{t['split']}: {t['best_cap']} vs {t['best_baseline']}" for t in ts),
                      "; ".join(f"{t['split']}: answer CE {t['ce_gap']:+.3f}, KL x{t['kl_ratio']:.2f}, criteria "
-                               f"{'met' if met(t['criteria']) else 'not met'}" for t in ts) + " (one calibration draw)",
+                               f"{'met' if met(t['criteria']) else 'not met'} ({_draws(t)})" for t in ts),
                      "`pruning.json`"])
     return rows

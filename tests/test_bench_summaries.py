@@ -137,7 +137,7 @@ def test_keep_stored_keeps_transfer_rows_of_methods_this_run_does_not_run(monkey
     ev = type("Ev", (), {"sizes": lambda self: {"knowledge": 3}})()
     args = argparse.Namespace(keep_stored=True, settings=["2:4"], transfer_settings=["2:4"], methods=["cap-sparsegpt"],
                               transfer_methods=["cap-sparsegpt"], transfer_splits=["A->B", "B->A"], first_draw=0, draws=1,
-                              no_precision_check=True)
+                              no_precision_check=True, transfer_draws=[0])
     kept = pruning.load_stored(args, ev)["transfer"]
     # this run re-measures only cap-sparsegpt at 2:4: SparseGPT's 2:4 row and every 50% row stay
     assert sorted((r["method"], r["pattern"]) for r in kept) == [("cap-sparsegpt", "unstructured"), ("sparsegpt", "2:4"),
@@ -150,6 +150,9 @@ def test_keep_stored_keeps_transfer_rows_of_methods_this_run_does_not_run(monkey
     # a run of the other direction only keeps every A->B row
     other = argparse.Namespace(**{**vars(args), "transfer_splits": ["B->A"], "transfer_methods": ["sparsegpt", "cap-sparsegpt"]})
     assert len(pruning.load_stored(other, ev)["transfer"]) == 4
+    # a run of transfer draw 1 keeps draw 0 of its own methods, splits and settings
+    later = argparse.Namespace(**{**vars(args), "transfer_draws": [1]})
+    assert len(pruning.load_stored(later, ev)["transfer"]) == 4
 
 
 def test_calibration_scores_the_dense_model_after_a_prune(monkeypatch):
