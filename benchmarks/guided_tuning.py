@@ -239,8 +239,8 @@ def main():
                      "val_answer_ce": ev["overall"]["answer_ce"], "val_acc": ev["overall"]["acc"],
                      "val_hits": "".join("1" if hits[p.id] else "0" for p in val), "kl_mean": q["kl_mean"], "ppl": q["ppl"],
                      "prune_seconds": secs, "alloc_bound_share": cfg.alloc_bound_share, "guidance_ramp": cfg.guidance_ramp,
-                     "guidance_power": cfg.knob("guidance_power", "power"),  # resolved where the variant leaves a knob unset
-                     **{k: cfg.knob(k) for k in ("token_beta", "unit_strength")},
+                     # resolved where the variant leaves a knob unset
+                     **{k: cfg.knob(k) for k in ("guidance_power", "token_beta", "unit_strength")},
                      "alloc_signal": cfg.allocation_signal,  # resolved: the method's defaults where the variant sets none
                      "alloc_bound": cfg.base_alloc_bound}
                 if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved

@@ -70,7 +70,7 @@ def run_setting(lm, original, cal, ev, ref, method, pattern, sp, **extra) -> dic
     ranks = (rep.get("calibration_statistics") or {}).get("rank") or []
     return {"method": method, "pattern": pattern, "target_sparsity": cfg.target_sparsity, "commit": git_commit(),
             "guidance_ramp": cfg.guidance_ramp if get_method(method).guided else None, "obs": rep.get("obs"),
-            "guidance_power": cfg.knob("guidance_power", "power") if get_method(method).guided else None,
+            "guidance_power": cfg.knob("guidance_power") if get_method(method).guided else None,
             "guidance": rep.get("guidance"),  # resolved (scale, bound, unit strength, token beta, allocation signal)
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu, "prune_wall_seconds": rep["seconds"],
             "acc": s["knowledge"]["acc"], "ci95": s["knowledge"]["ci95"], "n": s["knowledge"]["n"],

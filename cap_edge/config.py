@@ -135,12 +135,12 @@ class PruneConfig:
     def default_guidance(self) -> Guidance:  # what the None knobs resolve to (guidance.default_guidance)
         return default_guidance(self.method, self.nm, self.target_sparsity)
 
-    def knob(self, name: str, default: str | None = None):  # the field, else its default_guidance value
-        return getattr(self.default_guidance, default or name) if getattr(self, name) is None else getattr(self, name)
+    def knob(self, name: str):  # the field, else its default_guidance value
+        return getattr(self.default_guidance, name) if getattr(self, name) is None else getattr(self, name)
 
     @property
     def guidance_scale(self) -> float:  # the factor on every CAP guidance: min(1, target / ramp) ** power, 1 without a ramp
-        power = self.knob("guidance_power", "power")
+        power = self.knob("guidance_power")
         return 1.0 if self.guidance_ramp is None else min(1.0, self.target_sparsity / self.guidance_ramp) ** power
 
     allocation_signal = property(lambda self: self.knob("alloc_signal"))  # resolved: "cap" or "fisher"

@@ -32,18 +32,16 @@ class Guidance:
     alloc_bound: float  # each block's sparsity within target +/- bound, before the ramp
     unit_strength: float  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank, before the ramp
     token_beta: float  # token weights (1 - beta) + beta x normalised answer-gradient norm, before the ramp
-    power: float  # the ramp's exponent
-
-
-RANKED = Guidance("cap", 0.15, 0.5, 0.5, 1.0)  # rounds 1-6, and every method or level without a row below
-# cap-wanda at unstructured targets in [lo, hi)
-CAP_WANDA_BANDS = (
-    (0.0, 0.15, Guidance("cap", 0.0, 0.0, 0.5, 1.0)),  # the token weights alone
-    (0.15, 0.4, Guidance("fisher", 0.075, 0.5, 0.5, 2.0)),  # OBD-saliency allocation, squared ramp
-)
+    guidance_power: float  # the ramp's exponent
 
 
 SIGNAL_BOUND = {"cap": 0.15, "fisher": 0.075}  # the bound each signal was validated with (rounds 1-6; 7th)
+RANKED = Guidance("cap", SIGNAL_BOUND["cap"], 0.5, 0.5, 1.0)  # rounds 1-6, and every method or level without a row below
+# cap-wanda at unstructured targets in [lo, hi)
+CAP_WANDA_BANDS = (
+    (0.0, 0.15, Guidance("cap", 0.0, 0.0, 0.5, 1.0)),  # the token weights alone
+    (0.15, 0.4, Guidance("fisher", SIGNAL_BOUND["fisher"], 0.5, 0.5, 2.0)),  # OBD-saliency allocation, squared ramp
+)
 
 
 def default_bound(default: Guidance, signal: str) -> float:

@@ -293,8 +293,8 @@ def test_raspberry_pi_fixed_build_prunes_with_the_fisher_allocation(tiny_dir, tm
     assert m["plan"]["candidates"][1]["prune"]["guidance"] == g  # the resolved plan (--dry-run) shows what the prune used
     assert abs(m["pruned"]["configured"]["achieved_sparsity"] - 0.3) < 0.01
     # a changed default is part of the pruned-model cache key: the same config then prunes again, not from the cache
-    bands = [(lo, hi, dataclasses.replace(g, alloc_bound=0.05) if g.alloc_signal == "fisher" else g)
-             for lo, hi, g in guidance.CAP_WANDA_BANDS]
+    bands = [(lo, hi, dataclasses.replace(row, alloc_bound=0.05) if row.alloc_signal == "fisher" else row)
+             for lo, hi, row in guidance.CAP_WANDA_BANDS]
     monkeypatch.setattr(guidance, "CAP_WANDA_BANDS", tuple(bands))
     again = build(_tiny_build(tiny_dir, tmp_path / "c", profile=prof, search=False), progress=False)["pruned"]["configured"]
     assert not again["cache_hit"] and again["guidance"]["alloc_bound"] == pytest.approx(0.05 * 0.36)
