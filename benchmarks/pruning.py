@@ -38,6 +38,7 @@ HALF_A = "embedded:geography,arithmetic,boolean,comparison,dates,ordering"
 HALF_B = "embedded:animals,opposites,parity,routine,sequences,sizes,tracking"
 KNOW_A, KNOW_B = "embedded:geography", "embedded:animals,opposites"
 SPLITS = {"A->B": (HALF_A, KNOW_B, HALF_B), "B->A": (HALF_B, KNOW_A, HALF_A)}  # calibration, evaluated knowledge, suite
+TRANSFER_KNOWLEDGE = {"A->B": 100, "B->A": 150}  # evaluated knowledge problems per family (geography's pool holds more)
 
 
 def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact", n_scores: int = 32):
@@ -198,7 +199,7 @@ def main():
     splits = [(c, k, e, name) for name, (c, k, e) in SPLITS.items() if name in args.transfer_splits and args.transfer_settings]
     for calib_spec, know, suite_spec, name in splits:
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
-        tev = EvalSet.build(150 if name == "B->A" else 100, args.suite_per_family, args.gen_per_family, knowledge=know,
+        tev = EvalSet.build(TRANSFER_KNOWLEDGE[name], args.suite_per_family, args.gen_per_family, knowledge=know,
                             suite=suite_spec, gen=know)
         tref = None
         for d in args.transfer_draws:

@@ -214,3 +214,21 @@ def test_tuning_pairs_each_cap_row_with_its_baseline_of_the_same_draw_and_valida
     assert (draw, base, ce, kl, counts) == (1, "wanda", "-0.100", "1.050", "2/1")
     used = frozenset(p.key for p in gt.validation_problems()[:5])
     assert not used & {p.key for p in gt.validation_problems(used)}
+
+
+def test_transfer_knowledge_validation_stays_off_every_test_pool(monkeypatch):
+    """--knowledge-val: the evaluated half's knowledge families only, none of pruning.py's transfer or in-family
+    knowledge problems nor pruning_n300's, and none of the other half's calibration problems."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gt = importlib.import_module("guided_tuning")
+    from cap_edge.tasks import calibration_problems, load_split
+
+    for split, (calib_spec, know, _) in gt.SPLITS.items():
+        val = gt.knowledge_validation(split)
+        fams = know.split(":", 1)[1].split(",")
+        assert {p.family for p in val} == set(fams)
+        tested = {p.key for p in load_split(know, "eval", max(gt.TRANSFER_KNOWLEDGE[split], gt.N300_PER_FAMILY))}
+        assert len(tested) == len(fams) * max(gt.TRANSFER_KNOWLEDGE[split], gt.N300_PER_FAMILY)
+        assert not {p.key for p in val} & tested
+        assert not {p.family for p in calibration_problems(calib_spec, 128)} & set(fams)
+        assert len(val) > 35 * len(fams)  # more than validation_problems' 15-20 per family

@@ -92,3 +92,12 @@ def test_knowledge_families_reserve_fewer_calibration_problems_and_say_so():
         load_split("embedded:geography", "calib", 49)
     with pytest.raises(TaskError, match="cannot produce .* unique problems"):
         load_split("embedded:animals", "eval", 1000)
+
+
+def test_evaluation_tail_starts_past_a_pool_and_ends_with_the_family():
+    from cap_edge.tasks.sources import evaluation_tail
+
+    first = {p.key for p in load_split("embedded:animals", "eval", 100)}
+    tail = evaluation_tail("animals", 100, 500)  # animals' pool holds 149 held-out problems
+    assert len(tail) == 49 and not {p.key for p in tail} & first
+    assert [p.key for p in evaluation_tail("opposites", 10, 5)] == [p.key for p in load_split("embedded:opposites", "eval", 15)[10:]]

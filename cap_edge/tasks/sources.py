@@ -27,8 +27,9 @@ def calib_reserve(family: str) -> int:
     return CALIB_RESERVE_BY_FAMILY.get(family, CALIB_RESERVE)
 
 
-def _family_stream(family: str, seed: int, count: int) -> list[Problem]:
-    """The first ``count`` unique problems of a family's deterministic stream."""
+def _family_stream(family: str, seed: int, count: int, partial: bool = False) -> list[Problem]:
+    """The first ``count`` unique problems of a family's deterministic stream (``partial``: as many as its
+    generator gives, where its pool holds fewer)."""
     gen = FAMILIES[family]
     rng = random.Random(f"cap-edge:{family}:{seed}")
     out: list[Problem] = []
@@ -37,6 +38,8 @@ def _family_stream(family: str, seed: int, count: int) -> list[Problem]:
     while len(out) < count:
         attempts += 1
         if attempts > 50 * count + 1000:
+            if partial:
+                return out
             raise TaskError(f"family {family!r} cannot produce {count} unique problems (its generator gave {len(out)}); ask for fewer")
         difficulty = len(out) % 3 + 1
         q, a, choices = gen(rng, difficulty)
@@ -66,6 +69,13 @@ def embedded(families: list[str] | None, split: str, n_per_family: int, seed: in
         else:
             out += _family_stream(fam, seed, reserve + n_per_family)[reserve:]
     return out
+
+
+def evaluation_tail(family: str, start: int, count: int) -> list[Problem]:
+    """Up to ``count`` evaluation problems of an embedded family from position ``start`` of its evaluation
+    stream on (fewer where the family's pool ends first): problems past the pools a benchmark evaluates on."""
+    reserve = calib_reserve(family)
+    return _family_stream(family, 0, reserve + start + count, partial=True)[reserve + start:]
 
 
 def _hash_split(problem: Problem) -> str:
