@@ -210,8 +210,10 @@ def test_tuning_pairs_each_cap_row_with_its_baseline_of_the_same_draw_and_valida
                row("cap-wanda ramp 0.5", 2, "1111", 2.5, 0.2, keys="other")]
     pairs = gt.paired_rows(results)
     assert len(pairs) == 1  # draw 3 has no Wanda row; draw 2's Wanda row is on another validation set
-    setting, draw, variant, scores, base, ce, kl, counts, p = pairs[0]
-    assert (draw, base, ce, kl, counts) == (1, "wanda", "-0.100", "1.050", "2/1")
+    setting, draw, variant, scores, base, ce, kl, counts, p, knowledge = pairs[0]
+    assert (draw, base, ce, kl, counts, knowledge) == (1, "wanda", "-0.100", "1.050", "2/1", "-")
+    # a set that marks its knowledge problems (--knowledge-val) pairs them alone too: positions 0 and 3 here
+    assert gt.paired_rows(results, {"v": {"knowledge_mask": "1001"}})[0][-1] == "1/0 (p 1.000)"
     used = frozenset(p.key for p in gt.validation_problems()[:5])
     assert not used & {p.key for p in gt.validation_problems(used)}
 
