@@ -29,7 +29,7 @@ solve), so the defaults stay. Alone, the allocation carries the draw dependence 
 weights do not (but gain nothing there, and lose to Wanda at 20%). The seventh round spread the blocks'
 targets by the answer loss's per-weight OBD saliency instead (alloc_signal fisher, half the bound): ahead
 of Wanda on every draw at 20% and 30% with a smaller spread, behind at 10% and at 50% behind the rank
-allocation: so it is cap-wanda's default at unstructured 15-40% (PruneConfig.allocation_signal), measured
+allocation: so it became cap-wanda's default at unstructured 15-40% (PruneConfig.allocation_signal), measured
 on the test split since (pruning.json). The eighth round (--split) validates transfer: calibrated on one half of the
 families and validated on the other, cap-wanda is behind Wanda at 10% A->B and 30% B->A with every variant tried,
 as on the test split. The ninth round chose per level the variant meeting issue #17's criteria on all five cells
@@ -37,8 +37,9 @@ as on the test split. The ninth round chose per level the variant meeting issue 
 allocation with every knob at the squared ramp at 15-40% (cap_edge/guidance.py, the defaults since). The tenth round
 (--knowledge-val) gave transfer validation 194 animals/opposites problems (was 35) to look for the test split's A->B 30%
 knowledge loss: on three draws neither the default nor the token weights alone lose significantly to Wanda there
-(pooled 11/18 and 9/11); by the ninth round's rule the token weights alone edge ahead at 30% by 0.006 (not adopted
-yet: the test split is re-measured with a change). docs/methods.md has the figures.
+(pooled 11/18 and 9/11); by the ninth round's rule the token weights alone edge ahead at 30% by 0.006, so they are
+the default at 25-40% since the sixteenth stop (the Fisher allocation stays at 15-25%), measured again on the test
+split. docs/methods.md has the figures.
 """
 
 from __future__ import annotations

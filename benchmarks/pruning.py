@@ -25,7 +25,7 @@ from cap_edge.config import BudgetConfig, PruneConfig, ScoreConfig
 from cap_edge.models import load_model
 from cap_edge.provenance import git_commit
 from cap_edge.pruning import prune_model
-from cap_edge.pruning.methods import get_method
+from cap_edge.pruning.methods import get_method, needs_cap_scores
 from cap_edge.scoring import build_calib_batch, score_channels, score_heads
 from cap_edge.tasks import calibration_problems, check_disjoint
 
@@ -41,19 +41,27 @@ SPLITS = {"A->B": (HALF_A, KNOW_B, HALF_B), "B->A": (HALF_B, KNOW_A, HALF_A)}  #
 TRANSFER_KNOWLEDGE = {"A->B": 100, "B->A": 150}  # evaluated knowledge problems per family (geography's pool holds more)
 
 
-def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact", n_scores: int = 32):
+def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact", n_scores: int = 32, scores: bool = True):
     """Scores (``n_scores`` problems, ``mode``), channel scores, and the 128-problem statistics batch of one draw,
     all of the dense model: its weights (``original``) are restored first, since a run prunes in place
-    and a draw or split calibrated after an earlier prune would otherwise score that pruned model."""
+    and a draw or split calibrated after an earlier prune would otherwise score that pruned model.
+    ``scores=False`` (no run of the draw reads them: ``needs_cap_scores``) skips the CAP scoring: heads,
+    channels and score_seconds are None."""
     lm.model.load_state_dict(original)
     tok = lm.tokenizer
     calib = calibration_problems(spec, n_scores, draw=draw)
     stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
     t = time.perf_counter()
-    heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
-    chans = score_channels(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
+    heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib))) if scores else None
+    chans = score_channels(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib))) if scores else None
+    seconds = time.perf_counter() - t if scores else None
     batch = build_calib_batch(tok, stats, 3, BudgetConfig(problems=len(stats)), pad_id=tok.pad_token_id)
-    return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": time.perf_counter() - t}
+    return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": seconds}
+
+
+def scored(settings, methods) -> bool:
+    """Whether any (pattern, sparsity) x method run reads CAP scores (``needs_cap_scores``)."""
+    return any(needs_cap_scores(PruneConfig(method=m, sparsity=sp, pattern=pattern)) for pattern, sp in settings for m in methods)
 
 
 def prune_timed(lm, original, cal, cfg: PruneConfig) -> tuple[dict, float]:
@@ -177,9 +185,10 @@ def main():
     runs, scoring, precision = [], [], []
     draws = range(args.first_draw, args.first_draw + args.draws)
     for d in draws:
-        cal = calibrate(lm, original, "embedded", d, args.score_mode)
+        cal = calibrate(lm, original, "embedded", d, args.score_mode, scores=scored(settings, args.methods))
         check_disjoint(cal["calib"], ev.knowledge + ev.suite + ev.gen)
-        scoring.append({"draw": d, "seconds": cal["score_seconds"]})
+        if cal["score_seconds"] is not None:  # else the stored draw's scoring time stays (--keep-stored)
+            scoring.append({"draw": d, "seconds": cal["score_seconds"]})
         for pattern, sp in settings:
             for m in args.methods:
                 if m in CALIBRATION_FREE and d > 0:
@@ -203,7 +212,8 @@ def main():
                             suite=suite_spec, gen=know)
         tref = None
         for d in args.transfer_draws:
-            cal = calibrate(lm, original, calib_spec, d, args.score_mode)  # restores the dense weights, so the reference is dense
+            need = scored([parse_setting(st) for st in args.transfer_settings], args.transfer_methods)
+            cal = calibrate(lm, original, calib_spec, d, args.score_mode, scores=need)  # restores the dense weights, so the reference is dense
             tref = tref or dense_reference(lm.model, lm.tokenizer, tev)
             for setting in args.transfer_settings:
                 pattern, sp = parse_setting(setting)

@@ -24,7 +24,7 @@ import argparse
 import json
 
 from _common import RESULTS, result_lock, write_result
-from pruning import calibrate, parse_setting, prune_timed
+from pruning import calibrate, parse_setting, prune_timed, scored
 from pruning_compare import ALPHA
 from cap_edge.assess import KNOWLEDGE
 from cap_edge.backend import TorchBackend
@@ -83,6 +83,11 @@ def stored_levels(resume: bool) -> list[dict]:
     return [{"draw": 0, **v} for v in json.loads((RESULTS / "pruning_n300.json").read_text())["levels"]]  # stored before per-draw levels: draw 0
 
 
+def stored_level(stored: dict, pattern: str, sparsity: float) -> dict:
+    """pruning.json's summary of one level: which CAP method and baseline were best there."""
+    return next(v for v in stored["summary"] if v["pattern"] == pattern and abs(v["sparsity"] - sparsity) < 1e-9)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", nargs="+", default=["0.1", "0.2", "0.3", "0.5", "2:4"])
@@ -97,12 +102,12 @@ def main():
     if len(problems) != 3 * PER_FAMILY or stored["eval"]["knowledge"] != len(stored_ids):
         raise SystemExit(f"expected {3 * PER_FAMILY} problems and pruning.json's {len(stored_ids)}, got {len(problems)} "
                          f"and {stored['eval']['knowledge']}")
-    cal = calibrate(lm, original, "embedded", args.draw, stored["score_mode"])
+    chosen = [(parse_setting(st), stored_level(stored, *parse_setting(st))) for st in args.levels]
+    need = any(scored([setting], [lv["best_cap"], lv["best_baseline"]]) for setting, lv in chosen)  # CAP scores read
+    cal = calibrate(lm, original, "embedded", args.draw, stored["score_mode"], scores=need)
     check_disjoint(cal["calib"], problems)
     mine: list[dict] = []  # this run's levels; the stored ones are read again at each write (runs of other draws side by side)
-    for setting in args.levels:
-        pattern, sp = parse_setting(setting)
-        lv = next(v for v in stored["summary"] if v["pattern"] == pattern and abs(v["sparsity"] - sp) < 1e-9)
+    for setting, ((pattern, sp), lv) in zip(args.levels, chosen):
         runs = [measure(lm, original, cal, problems, stored_ids, stored, m, pattern, sp, args.draw)
                 for m in (lv["best_cap"], lv["best_baseline"])]
         for r in runs:

@@ -138,7 +138,9 @@ def test_quality_measures_see_a_broken_model(tokenizer):
     assert ref.text and all(len(c) > n for c, n in zip(ref.chats, ref.chat_prompt_lens))
     assert len(ref.questions) == len(qs) - 1 >= 3  # only the questions the dense model gets right count
     same = measure(logits, greedy, tokenizer, ref)
-    assert same["kl_mean"] == pytest.approx(0, abs=1e-9) and same["top1_agreement"] == 1.0
+    # the same logits, though in other batch shapes: float rounding leaves |KL| ~1e-9 (CI saw -1.03e-9); the broken
+    # model below is judged orders of magnitude above this
+    assert same["kl_mean"] == pytest.approx(0, abs=1e-6) and same["top1_agreement"] == 1.0
     assert same["ppl"] == pytest.approx(ref.ppl) and same["retention"]["share"] == 1.0
     broken = make_tiny_llama()
     with torch.no_grad():

@@ -17,7 +17,7 @@ from ..scoring import CalibBatch, Decoder, check_scores, score_matrix
 from .allocation import allocate, dense_blocks, rank_normalise, saliency_allocate
 from .calibration import InputStats, answer_saliency, rank_report, statistic_weights
 from .masks import check_achieved, global_threshold, matrix_mask, nm_mask, row_mask
-from .methods import get_method, obs_settings
+from .methods import get_method, needs_cap_scores, obs_settings
 from .scores import cap_score, head_importance, kv_importance, magnitude_score, wanda_score
 from .sparsegpt import refit_on_mask, sparsegpt_prune
 
@@ -82,32 +82,43 @@ def block_importance(model, head_scores: dict, channel_scores: dict):
     return imp, sizes, hs, cs
 
 
-def guided_plan(model, cfg: PruneConfig, head_scores: dict, channel_scores: dict, batch: CalibBatch | None = None) -> dict:
+def _blocks(layers, spec) -> list[list[torch.nn.Linear]]:
+    """The linears of each block: attention of layers 0..L-1, then their MLPs (the allocation's order)."""
+    return [[lin for p, lin in _linears(layers[l], spec).items() if _kind(p, spec) == k]
+            for k in ("attn", "mlp") for l in range(len(layers))]
+
+
+def guided_plan(model, cfg: PruneConfig, head_scores: dict | None, channel_scores: dict | None,
+                batch: CalibBatch | None = None) -> dict:
     """CAP-guided targets: sparsity per (layer, attention|MLP) block from the blocks' causal
     importance (``block_importance``, ``allocation.allocate``) or, with ``alloc_signal="fisher"``, from
     the answer loss's per-weight OBD saliency on ``batch`` (``saliency_allocate``), and per-unit factors
-    in [1 - s, 1 + s] by rank of the unit's score within its layer."""
-    imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores)
-    L = hs.shape[0]
+    in [1 - s, 1 + s] by rank of the unit's score within its layer. Without scores (allowed only where
+    ``needs_cap_scores`` says they would change nothing) the allocation is uniform or Fisher's and
+    there are no unit factors (None)."""
     spec = arch_for(model)
     layers = get_module(model, spec.layers)
-    width = get_module(layers[0], spec.down).in_features
-    nm = cfg.nm
+    L = len(layers)
     g = cfg.guidance
-    bound = 0.0 if nm else g["alloc_bound"]  # N:M fixes each group's share
+    bound = 0.0 if cfg.nm else g["alloc_bound"]  # N:M fixes each group's share
+    scored = head_scores is not None and channel_scores is not None
+    if not scored and needs_cap_scores(cfg):
+        raise ConfigError(f"method {cfg.method!r} under guidance {g} needs CAP head and MLP channel scores")
+    imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores) if scored else (None, block_sizes(model), None, None)
     if cfg.allocation_signal == "fisher" and bound > 0:
         if batch is None:
             raise ConfigError("alloc_signal=fisher needs the calibration batch (its answer-loss gradients)")
-        blocks = [[lin for p, lin in _linears(layers[l], spec).items() if _kind(p, spec) == k]
-                  for k in ("attn", "mlp") for l in range(L)]  # attention of layers 0..L-1, then their MLPs
-        alloc = saliency_allocate(answer_saliency(model, batch, blocks), cfg.target_sparsity, bound)
-    else:
+        alloc = saliency_allocate(answer_saliency(model, batch, _blocks(layers, spec)), cfg.target_sparsity, bound)
+    elif scored:
         alloc = allocate(imp, sizes, cfg.target_sparsity, bound)
+    else:  # bound 0 here (needs_cap_scores): every block at the target, as allocate gives at bound 0
+        alloc = torch.full((2 * L,), float(cfg.target_sparsity), dtype=torch.float64)  # (2L,)
     s = g["unit_strength"]
-    return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1],
+    width = get_module(layers[0], spec.down).in_features
+    return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1] if scored else None,
             "importance": imp, "sizes": sizes,  # per block, for the dense-block choice (dense_plan)
-            "head_f": [1 + s * rank_normalise(hs[l]) for l in range(L)],
-            "chan_f": [1 + s * rank_normalise(cs[l]) for l in range(L)]}
+            "head_f": [1 + s * rank_normalise(hs[l]) if scored else None for l in range(L)],
+            "chan_f": [1 + s * rank_normalise(cs[l]) if scored else None for l in range(L)]}
 
 
 def dense_plan(model, cfg: PruneConfig, plan: dict | None) -> set[tuple[str, int]]:
@@ -155,9 +166,10 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         raise ConfigError(f"method {cfg.method!r} needs calibration data")
     I = plan = None
     t0 = time.perf_counter()  # the plan counts: the Fisher allocation's gradient pass is part of pruning
-    if method.uses_heads and head_scores is None:
+    scored = needs_cap_scores(cfg)  # cap-wanda's token weights alone (its default at 25-40%) read no CAP scores
+    if scored and method.uses_heads and head_scores is None:
         raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
-    if method.uses_channels and channel_scores is None:
+    if scored and method.uses_channels and channel_scores is None:
         raise ConfigError(f"method {cfg.method!r} needs CAP MLP channel scores")
     if method.guided:
         plan = guided_plan(model, cfg, head_scores, channel_scores, batch)
@@ -179,7 +191,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
             imp, axis = _cap_factor(path, spec, geom, I[l])
             return cap_score(W, imp, axis, geom.head_dim)
         s = wanda_score(W, stats.sq[path].sqrt())
-        if plan is not None:
+        if plan is not None and plan["head_f"][l] is not None:
             f, axis, width = unit_of(path, spec, geom, plan["head_f"][l], plan["chan_f"][l], plan["group"])
             s = unit_factor(s, f, axis, width)
         return s

@@ -62,6 +62,26 @@ def obs_settings(cfg, method: "Method") -> dict:
     return {k: base[k] if v is None else v for k, v in given.items()}
 
 
+def needs_cap_scores(cfg) -> bool:
+    """Whether pruning under ``cfg`` (a PruneConfig) reads CAP head and channel scores, so callers score
+    only when it does. The CAP rule and structured pruning always do. A CAP-guided method reads them
+    for its per-block allocation (``alloc_signal="cap"`` with a bound above 0, unstructured), its
+    per-unit factors (Wanda's rows/columns, unit strength above 0) and N:M's dense blocks chosen by
+    CAP; its answer-gradient token weights and the Fisher allocation need only the calibration batch.
+    Where none applies (cap-wanda's default at 25-40%: the token weights alone) the scores would
+    change nothing: a uniform allocation and factors of 1."""
+    method = get_method(cfg.method)
+    if not method.uses_heads:
+        return False
+    if cfg.structured or not method.guided:
+        return True
+    g = cfg.guidance
+    allocation = cfg.nm is None and g["alloc_bound"] > 0 and g["alloc_signal"] == "cap"
+    units = method.stats == "norm" and g["unit_strength"] > 0  # the Hessian methods take no unit factors
+    dense = cfg.nm is not None and bool(cfg.nm_dense) and cfg.nm_dense_by == "cap"
+    return allocation or units or dense
+
+
 def get_method(name: str) -> Method:
     try:
         return METHODS[name]

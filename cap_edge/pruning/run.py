@@ -18,7 +18,7 @@ from ..prune_io import measured_sparsity, save_pruned
 from ..scoring import build_calib_batch, load_scores_file, score_channels, score_heads
 from ..tasks import calibration_problems
 from .apply import prune_model
-from .methods import get_method, obs_settings
+from .methods import get_method, needs_cap_scores, obs_settings
 from .structured import refit_batch
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def prune_stage(lm, cfg: PruneConfig, *, calib: str = "embedded", budget: Budget
     else:
         batch = build_calib_batch(lm.tokenizer, problems, score_cfg.subsets, budget, pad_id=pad)
     head_scores = channel_scores = None
-    if method.uses_heads:
+    if needs_cap_scores(cfg):  # not for cap-wanda's token weights alone: they read no CAP scores
         if scores_file is not None:
             g = head_geometry(lm.model.config)
             head_scores = load_scores_file(scores_file, num_layers=g.num_layers, num_units=g.num_heads, target="heads",
