@@ -116,6 +116,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tiny_dir, tmp_path):
     patterns = {c["prune"]["pattern"] for c in plan["candidates"] if c["prune"]}
     assert "2:4" in patterns and "onnx:fp16" in plan["outputs"] and plan["memory_estimate"]
     assert any(c["baseline"] for c in plan["candidates"]) and plan["estimated_seconds"] > 0
+    assert plan["scoring"]["read_by"]  # the search's CAP candidates at 10-20% read CAP scores
     assert not out.exists()
 
 
@@ -282,7 +283,8 @@ def test_calibration_draw_reaches_the_plan_and_the_pruned_model(tiny_dir, tmp_pa
 
 def test_raspberry_pi_fixed_build_prunes_with_the_token_weights_alone(tiny_dir, tmp_path, monkeypatch):
     """raspberry-pi-5's --no-search method is cap-wanda at 30%, whose default guidance there is the answer-gradient
-    token weights alone (no allocation, no unit factors): a build runs it end to end and records it."""
+    token weights alone (no allocation, no unit factors): a build runs it end to end and records it, and scores no
+    CAP heads or channels for it, since nothing there reads them."""
     prof = load_profile("raspberry-pi-5")
     assert (prof.prune.method, prof.prune.allocation_signal) == ("cap-wanda", "cap")
     m = build(_tiny_build(tiny_dir, tmp_path / "b", profile=prof, search=False), progress=False)
@@ -291,6 +293,8 @@ def test_raspberry_pi_fixed_build_prunes_with_the_token_weights_alone(tiny_dir, 
     assert g["alloc_bound"] == 0.0 and g["unit_strength"] == 0.0
     assert g["token_beta"] == pytest.approx(0.5 * 0.6)  # the linear ramp: 0.3 / 0.5
     assert m["plan"]["candidates"][1]["prune"]["guidance"] == g  # the resolved plan (--dry-run) shows what the prune used
+    assert m["plan"]["scoring"]["read_by"] == [] and "scores" not in m
+    assert not (tmp_path / "b" / "head_scores.json").exists()
     assert abs(m["pruned"]["configured"]["achieved_sparsity"] - 0.3) < 0.01
     # a changed default is part of the pruned-model cache key: the same config then prunes again, not from the cache
     bands = [(lo, hi, dataclasses.replace(row, token_beta=0.25) if lo <= 0.3 < hi else row)

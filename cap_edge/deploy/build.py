@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import BuildConfig, ScoreConfig
 from ..errors import CapEdgeError, MemoryBudgetError
 from ..io import write_json
-from ..pruning.methods import get_method
+from ..pruning.methods import get_method, needs_cap_scores
 from .estimate import memory_estimates, param_count
 
 # rough costs on the 2-core reference host for the dry run's estimate (seconds, SmolLM2-135M; scaled
@@ -67,12 +67,13 @@ def plan(cfg: BuildConfig, estimates: list[dict] | None = None) -> dict:
     cands = build_candidates(cfg)
     models = {c.name for c in cands if c.prune is not None}
     scale = param_count(mc) / 134.5e6
-    cost = scale * (COST["scores"] * any(c.prune.method.startswith("cap") for c in cands if c.prune)
+    scored = sorted({c.name for c in cands if c.prune is not None and needs_cap_scores(c.prune)})  # read CAP scores
+    cost = scale * (COST["scores"] * bool(scored)
                     + COST["prune"] * len(models) + COST["artifact"] * len(cands))
     return {
         "device": p.name, "profile_file": p.path, "description": p.description, "model": source, "parameters": param_count(mc),
         "calibration": {"spec": cfg.calib, "draw": cfg.calib_draw, **asdict(cfg.budget_cfg)},
-        "scoring": {"mode": cfg.scoring_mode, "subsets": ScoreConfig().subsets},
+        "scoring": {"mode": cfg.scoring_mode, "subsets": ScoreConfig().subsets, "read_by": scored},  # [] skips it
         "search": asdict(cfg.search_cfg) if cfg.searching else "off (the profile's [prune] configuration)",
         "targets": asdict(p.targets),
         "candidates": [{"name": c.name, "output": c.output, "baseline": c.baseline, "prune": _prune_plan(c.prune)} for c in cands],
