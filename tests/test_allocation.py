@@ -175,13 +175,13 @@ def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
 
 def test_guidance_defaults_follow_the_validated_table():
     """Knobs left None resolve by method, pattern and target (cap_edge.guidance, chosen on validation): cap-wanda
-    below 15% and at 25-40% the token weights alone, at 15-25% the answer-loss saliency allocation (half the bound)
-    with every knob at the squared ramp, elsewhere CAP's block ranks at the linear ramp; explicit values are kept."""
+    below 15% the token weights alone, at 15-40% the answer-loss saliency allocation (half the bound) with every
+    knob at the squared ramp, elsewhere CAP's block ranks at the linear ramp; explicit values are kept."""
     cases = (("cap-wanda", 0.1, "unstructured", "cap", 0.0, 0.0, 0.5 * 0.2),  # the token weights alone
              ("cap-wanda", 0.2, "unstructured", "fisher", 0.075 * 0.16, 0.5 * 0.16, 0.5 * 0.16),  # (0.2 / 0.5) ** 2
              ("cap-wanda", 0.24, "unstructured", "fisher", 0.075 * 0.48 ** 2, 0.5 * 0.48 ** 2, 0.5 * 0.48 ** 2),
-             ("cap-wanda", 0.25, "unstructured", "cap", 0.0, 0.0, 0.5 * 0.5),  # the token weights alone again
-             ("cap-wanda", 0.3, "unstructured", "cap", 0.0, 0.0, 0.5 * 0.6),
+             ("cap-wanda", 0.3, "unstructured", "fisher", 0.075 * 0.36, 0.5 * 0.36, 0.5 * 0.36),
+             ("cap-wanda", 0.39, "unstructured", "fisher", 0.075 * 0.78 ** 2, 0.5 * 0.78 ** 2, 0.5 * 0.78 ** 2),
              ("cap-wanda", 0.4, "unstructured", "cap", 0.15 * 0.8, 0.5 * 0.8, 0.5 * 0.8),  # no validated row: ranks
              ("cap-wanda", 0.5, "unstructured", "cap", 0.15, 0.5, 0.5), ("cap-wanda", 0.5, "2:4", "cap", 0.15, 0.5, 0.5),
              ("cap-sparsegpt", 0.3, "unstructured", "cap", 0.15 * 0.6, 0.5 * 0.6, 0.5 * 0.6),

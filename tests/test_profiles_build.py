@@ -281,24 +281,24 @@ def test_calibration_draw_reaches_the_plan_and_the_pruned_model(tiny_dir, tmp_pa
     assert [h[0] for h in hashes] == [0, 1] and hashes[0][1] != hashes[1][1] and hashes[0][2] != hashes[1][2]
 
 
-def test_raspberry_pi_fixed_build_prunes_with_the_token_weights_alone(tiny_dir, tmp_path, monkeypatch):
-    """raspberry-pi-5's --no-search method is cap-wanda at 30%, whose default guidance there is the answer-gradient
-    token weights alone (no allocation, no unit factors): a build runs it end to end and records it, and scores no
-    CAP heads or channels for it, since nothing there reads them."""
+def test_raspberry_pi_fixed_build_prunes_with_the_fisher_allocation(tiny_dir, tmp_path, monkeypatch):
+    """raspberry-pi-5's --no-search method is pruning.json's winner at 30% (cap-wanda), whose default guidance
+    there is the answer loss's saliency allocation at the squared ramp: a build runs it end to end and records it,
+    with the CAP scores its unit factors read."""
     prof = load_profile("raspberry-pi-5")
-    assert (prof.prune.method, prof.prune.allocation_signal) == ("cap-wanda", "cap")
+    assert (prof.prune.method, prof.prune.allocation_signal) == ("cap-wanda", "fisher")
     m = build(_tiny_build(tiny_dir, tmp_path / "b", profile=prof, search=False), progress=False)
     g = m["pruned"]["configured"]["guidance"]
     assert m["status"] == "complete" and m["artifacts"][0]["candidate"] == "configured"
-    assert g["alloc_bound"] == 0.0 and g["unit_strength"] == 0.0
-    assert g["token_beta"] == pytest.approx(0.5 * 0.6)  # the linear ramp: 0.3 / 0.5
+    assert g["alloc_signal"] == "fisher" and g["alloc_bound"] == pytest.approx(0.075 * 0.36)  # half the bound, (0.3 / 0.5) ** 2
+    assert g["unit_strength"] == pytest.approx(0.5 * 0.36) and g["token_beta"] == pytest.approx(0.5 * 0.36)
     assert m["plan"]["candidates"][1]["prune"]["guidance"] == g  # the resolved plan (--dry-run) shows what the prune used
-    assert m["plan"]["scoring"]["read_by"] == [] and "scores" not in m
-    assert not (tmp_path / "b" / "head_scores.json").exists()
+    assert m["plan"]["scoring"]["read_by"] == ["configured"] and m["scores"]["cache_key"]
+    assert (tmp_path / "b" / "head_scores.json").exists()
     assert abs(m["pruned"]["configured"]["achieved_sparsity"] - 0.3) < 0.01
     # a changed default is part of the pruned-model cache key: the same config then prunes again, not from the cache
-    bands = [(lo, hi, dataclasses.replace(row, token_beta=0.25) if lo <= 0.3 < hi else row)
+    bands = [(lo, hi, dataclasses.replace(row, alloc_bound=0.05) if row.alloc_signal == "fisher" else row)
              for lo, hi, row in guidance.CAP_WANDA_BANDS]
     monkeypatch.setattr(guidance, "CAP_WANDA_BANDS", tuple(bands))
     again = build(_tiny_build(tiny_dir, tmp_path / "c", profile=prof, search=False), progress=False)["pruned"]["configured"]
-    assert not again["cache_hit"] and again["guidance"]["token_beta"] == pytest.approx(0.25 * 0.6)
+    assert not again["cache_hit"] and again["guidance"]["alloc_bound"] == pytest.approx(0.05 * 0.36)

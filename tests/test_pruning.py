@@ -125,11 +125,11 @@ def test_needs_cap_scores_follows_what_the_resolved_guidance_reads():
     assert not needs_cap_scores(PruneConfig(method="wanda", sparsity=0.3))
     assert needs_cap_scores(PruneConfig(method="cap", sparsity=0.3))  # the CAP rule: |W| x head importance
     assert needs_cap_scores(PruneConfig(method="cap", sparsity=0.3, pattern="structured"))
-    assert not needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3))  # the default there: token weights alone
-    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3, unit_strength=0.5))  # Wanda's unit factors
-    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.2))  # the Fisher band's unit factors
-    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3, alloc_bound=0.1, alloc_signal="cap"))
-    assert not needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3, alloc_bound=0.1, alloc_signal="fisher"))
+    assert not needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.1))  # the default there: token weights alone
+    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.1, unit_strength=0.5))  # Wanda's unit factors
+    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3))  # the Fisher band's unit factors
+    assert needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.1, alloc_bound=0.1, alloc_signal="cap"))
+    assert not needs_cap_scores(PruneConfig(method="cap-wanda", sparsity=0.3, unit_strength=0.0))  # Fisher needs none
     # a Hessian method takes no unit factors; N:M fixes each group's share, but CAP may choose its dense blocks
     assert not needs_cap_scores(PruneConfig(method="cap-sparsegpt", sparsity=0.3, unit_strength=0.5, alloc_bound=0.0))
     assert not needs_cap_scores(PruneConfig(method="cap-sparsegpt", sparsity=0.5, pattern="2:4", alloc_signal="cap"))
@@ -137,7 +137,7 @@ def test_needs_cap_scores_follows_what_the_resolved_guidance_reads():
 
 
 def test_token_weights_alone_prune_the_same_weights_without_cap_scores(tokenizer):
-    """cap-wanda's default at 30% reads no CAP scores: pruning without them gives the same model
+    """cap-wanda's default at 10% reads no CAP scores: pruning without them gives the same model
     as with them (a uniform allocation, unit factors of 1), and a guidance that reads them refuses."""
     from cap_edge.scoring import score_channels
 
@@ -145,7 +145,7 @@ def test_token_weights_alone_prune_the_same_weights_without_cap_scores(tokenizer
     with_scores, without = make_tiny_llama(), make_tiny_llama()
     batch, scores = _scores(with_scores, tokenizer)
     chans = score_channels(with_scores, tokenizer, calib, ScoreConfig(), refine_fraction=0.5, progress=False)
-    cfg = PruneConfig(method="cap-wanda", sparsity=0.3)
+    cfg = PruneConfig(method="cap-wanda", sparsity=0.1)
     assert cfg.guidance["token_beta"] > 0 and cfg.guidance["unit_strength"] == 0 == cfg.guidance["alloc_bound"]
     a = prune_model(with_scores, cfg, batch, scores, progress=False, channel_scores=chans)
     b = prune_model(without, cfg, batch, None, progress=False, channel_scores=None)
@@ -153,7 +153,7 @@ def test_token_weights_alone_prune_the_same_weights_without_cap_scores(tokenizer
     for (name, x), (_, y) in zip(with_scores.state_dict().items(), without.state_dict().items()):
         assert torch.equal(x, y), name
     untouched = make_tiny_llama()
-    wanda = prune_model(untouched, PruneConfig(method="wanda", sparsity=0.3), batch, progress=False)
+    wanda = prune_model(untouched, PruneConfig(method="wanda", sparsity=0.1), batch, progress=False)
     assert wanda["achieved_sparsity"] == pytest.approx(b["achieved_sparsity"])
     assert not all(torch.equal(x, y) for x, y in zip(untouched.state_dict().values(), without.state_dict().values()))
     for unit in (dict(unit_strength=0.5), dict(alloc_bound=0.1, alloc_signal="cap")):

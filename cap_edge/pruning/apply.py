@@ -166,7 +166,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         raise ConfigError(f"method {cfg.method!r} needs calibration data")
     I = plan = None
     t0 = time.perf_counter()  # the plan counts: the Fisher allocation's gradient pass is part of pruning
-    scored = needs_cap_scores(cfg)  # cap-wanda's token weights alone (its default at 25-40%) read no CAP scores
+    scored = needs_cap_scores(cfg)  # cap-wanda's token weights alone (its default below 15%) read no CAP scores
     if scored and method.uses_heads and head_scores is None:
         raise ConfigError(f"method {cfg.method!r} needs CAP head scores")
     if scored and method.uses_channels and channel_scores is None:

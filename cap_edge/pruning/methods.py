@@ -68,7 +68,7 @@ def needs_cap_scores(cfg) -> bool:
     for its per-block allocation (``alloc_signal="cap"`` with a bound above 0, unstructured), its
     per-unit factors (Wanda's rows/columns, unit strength above 0) and N:M's dense blocks chosen by
     CAP; its answer-gradient token weights and the Fisher allocation need only the calibration batch.
-    Where none applies (cap-wanda's default at 25-40%: the token weights alone) the scores would
+    Where none applies (cap-wanda's default below 15%: the token weights alone) the scores would
     change nothing: a uniform allocation and factors of 1."""
     method = get_method(cfg.method)
     if not method.uses_heads:
