@@ -55,7 +55,7 @@ from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
-from cap_edge.pruning.methods import get_method, obs_settings
+from cap_edge.pruning.methods import get_method, needs_cap_scores, obs_settings
 from cap_edge.quality import measure, reference, torch_primitives
 from cap_edge.tasks import FAMILIES, calibration_problems, interleave
 from cap_edge.tasks.sources import calib_reserve, embedded, evaluation_tail
@@ -211,6 +211,11 @@ def paired_rows(results: list[dict], sets: dict | None = None) -> list[list]:
     return out
 
 
+def variant_config(setting: str, name: str) -> PruneConfig:  # one variant at one setting ("0.3" or "2:4")
+    pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
+    return replace(PruneConfig(method=VARIANTS[name][0], sparsity=sp, pattern=pattern), **VARIANTS[name][1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", nargs="+", default=["0.5", "2:4", "0.3"])
@@ -255,14 +260,14 @@ def main():
     original = {k: v.clone() for k, v in model.state_dict().items()}
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
     results = []
+    configs = {(setting, name): variant_config(setting, name) for setting in args.settings for name in args.variants}
+    need = any(needs_cap_scores(cfg) for cfg in configs.values())  # e.g. no CAP scores for the token weights alone
     for draw in args.draws:
-        cal = calibrate(lm, original, calib_spec, draw, args.score_mode, args.score_problems)  # on the dense weights
+        cal = calibrate(lm, original, calib_spec, draw, args.score_mode, args.score_problems, scores=need)  # dense weights
         for setting in args.settings:
-            pattern, sp = (setting, 0.5) if ":" in setting else ("unstructured", float(setting))
             for name in args.variants:
-                method, over = VARIANTS[name]
+                method, cfg = VARIANTS[name][0], configs[setting, name]
                 model.load_state_dict(original)
-                cfg = replace(PruneConfig(method=method, sparsity=sp, pattern=pattern), **over)
                 t = time.perf_counter()
                 prune_model(model, cfg, cal["batch"], cal["heads"], channel_scores=cal["chans"], progress=False)
                 secs = time.perf_counter() - t
