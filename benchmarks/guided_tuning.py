@@ -48,19 +48,18 @@ import argparse
 import time
 
 from _common import result_lock, table, write_result
-from pruning import SPLITS, TRANSFER_KNOWLEDGE, calibrate
-from pruning_n300 import PER_FAMILY as N300_PER_FAMILY
+from pruning import SPLITS, calibrate
+from validation_sets import validation_set
 from cap_edge.config import PruneConfig, replace
+from cap_edge.assess import KNOWLEDGE
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
 from cap_edge.pruning.methods import get_method, needs_cap_scores, obs_settings
 from cap_edge.quality import measure, reference, torch_primitives
-from cap_edge.tasks import FAMILIES, calibration_problems, interleave
-from cap_edge.tasks.sources import calib_reserve, embedded, evaluation_tail
+from cap_edge.tasks import calibration_problems
 
-KNOWLEDGE_TAIL = 49  # --knowledge-val: evaluation problems per family past the test pools (all animals' pool has left)
 
 FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the first round's starting point
         "alloc_bound_share": None, "guidance_ramp": None, "guidance_power": 1.0,  # no relative limit, full guidance at every target
@@ -164,32 +163,6 @@ def _scores(r: dict) -> str:
     return f"{r.get('score_problems') or 32} {r.get('score_mode', 'exact')}"
 
 
-def validation_problems(exclude: frozenset = frozenset()) -> list:
-    """The last stretch of each family's calibration split: never used for draw 0's scores (first 3
-    per family) or statistics (first 10 per family); ``exclude``: the keys later draws use (they
-    take each family's problems from the whole split)."""
-    out = []
-    for fam in FAMILIES:
-        n = calib_reserve(fam)
-        out += [p for p in embedded([fam], "calib", n)[max(20, n - 40):] if p.key not in exclude]
-    return interleave(out)
-
-
-def knowledge_validation(split: str, tail: int = KNOWLEDGE_TAIL) -> list:
-    """Transfer validation's knowledge problems (--knowledge-val): for each knowledge family of the evaluated half
-    (which the other half's calibration never reads), its whole calibration split and up to ``tail`` problems of its
-    evaluation stream past every test measure's pool (pruning.py's transfer rows, pruning_n300's n = 300).
-    validation_problems alone holds 15-20 per family, too few to see a knowledge loss the test split showed."""
-    start = max(TRANSFER_KNOWLEDGE[split], N300_PER_FAMILY)
-    out = []
-    for fam in SPLITS[split][1].split(":", 1)[1].split(","):
-        tested = {p.key for p in embedded([fam], "eval", start)}
-        extra = evaluation_tail(fam, start, tail)
-        assert not {p.key for p in extra} & tested, "validation must stay off the test pools"
-        out += embedded([fam], "calib", calib_reserve(fam)) + extra
-    return out
-
-
 def paired_rows(results: list[dict], sets: dict | None = None) -> list[list]:
     """Each CAP row's validation hits against Wanda's and SparseGPT's (the baselines of issue #17), same
     setting, draw and validation set: answer CE gap, KL ratio, McNemar (CAP-only / baseline-only, p), and where the
@@ -229,33 +202,19 @@ def main():
                     help="transfer validation: calibrate on one half of the families (pruning.py's transfer halves, draw 0) "
                          "and validate on the other half's validation problems")
     ap.add_argument("--knowledge-val", action="store_true",
-                    help="with --split: add the evaluated half's knowledge families' calibration split and evaluation tail "
-                         "past the test pools to the validation problems (knowledge_validation)")
+                    help="add the (evaluated half's) knowledge families' calibration split and evaluation tail past the "
+                         "test pools to the validation problems (knowledge_validation)")
     ap.add_argument("--append", action="store_true", help="add rows to the existing guided_tuning.json (a later round)")
     ap.add_argument("--rewrite", action="store_true", help="only render the stored rows' tables again")
     args = ap.parse_args()
     if args.rewrite:
         return rewrite()
-    if args.knowledge_val and not args.split:
-        ap.error("--knowledge-val needs --split")
     lm = load_model(None, device="cpu")
     model, tok = lm.model, lm.tokenizer
     used = frozenset(p.key for d in {0, *args.draws, *args.exclude_draws} for p in calibration_problems("embedded", PruneConfig().stats_problems, draw=d)
                      + calibration_problems("embedded", 32, draw=d))
-    val = validation_problems(used)
-    assert not {p.key for p in val} & {p.key for p in calibration_problems("embedded", 128)}
-    val_keys = f"without draws {' '.join(map(str, sorted({0, *args.draws, *args.exclude_draws})))}: {len(val)}"  # a row's validation set
-    calib_spec = "embedded"
-    if args.split:  # the calibration half's families never reach the validation problems
-        calib_spec, _, other = SPLITS[args.split]
-        fams = set(other.split(":", 1)[1].split(","))
-        val = [p for p in val if p.family in fams]
-        kval = "knowledge-val, " if args.knowledge_val else ""
-        if args.knowledge_val:
-            have = {p.key for p in val}
-            val = interleave(val + [p for p in knowledge_validation(args.split) if p.key not in have])
-        assert not {p.family for p in calibration_problems(calib_spec, PruneConfig().stats_problems)} & {p.family for p in val}
-        val_keys = f"transfer {args.split}, {kval}{val_keys.rsplit(': ', 1)[0]}: {len(val)}"
+    val, val_keys = validation_set(args.split, args.knowledge_val, used, sorted({0, *args.draws, *args.exclude_draws}))
+    calib_spec = SPLITS[args.split][0] if args.split else "embedded"
     ref = reference(*torch_primitives(model, tok), tok, [])  # KL and perplexity only
     original = {k: v.clone() for k, v in model.state_dict().items()}
     dense = evaluate(TorchBackend(model, tok, progress=False), tok, val)["overall"]["answer_ce"]
@@ -290,7 +249,7 @@ def main():
                              mask_refit_products=obs["refit_products"])
                 results.append(r)
                 print(draw, setting, name, f"CE {r['val_answer_ce']:.3f} acc {r['val_acc']:.3f} KL {r['kl_mean']:.4f}", flush=True)
-    kfams = set(SPLITS[args.split][1].split(":", 1)[1].split(",")) if args.knowledge_val else set()
+    kfams = set((SPLITS[args.split][1] if args.split else KNOWLEDGE).split(":", 1)[1].split(",")) if args.knowledge_val else set()
     write(results, args, dense, val_keys, ref.ppl, "".join("1" if p.family in kfams else "0" for p in val) if kfams else None)
 
 

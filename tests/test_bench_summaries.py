@@ -214,23 +214,38 @@ def test_tuning_pairs_each_cap_row_with_its_baseline_of_the_same_draw_and_valida
     assert (draw, base, ce, kl, counts, knowledge) == (1, "wanda", "-0.100", "1.050", "2/1", "-")
     # a set that marks its knowledge problems (--knowledge-val) pairs them alone too: positions 0 and 3 here
     assert gt.paired_rows(results, {"v": {"knowledge_mask": "1001"}})[0][-1] == "1/0 (p 1.000)"
-    used = frozenset(p.key for p in gt.validation_problems()[:5])
-    assert not used & {p.key for p in gt.validation_problems(used)}
+    vs = importlib.import_module("validation_sets")
+    used = frozenset(p.key for p in vs.validation_problems()[:5])
+    assert not used & {p.key for p in vs.validation_problems(used)}
 
 
-def test_transfer_knowledge_validation_stays_off_every_test_pool(monkeypatch):
-    """--knowledge-val: the evaluated half's knowledge families only, none of pruning.py's transfer or in-family
-    knowledge problems nor pruning_n300's, and none of the other half's calibration problems."""
+def test_knowledge_validation_stays_off_every_test_pool(monkeypatch):
+    """--knowledge-val: the evaluated half's knowledge families only (all three in-family), none of pruning.py's
+    transfer or in-family knowledge problems nor pruning_n300's, none of the other half's calibration problems, and
+    in-family none of the draws' calibration problems; the transfer sets are the ones the tenth round's rows name."""
+    import json
+
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    gt = importlib.import_module("guided_tuning")
+    vs = importlib.import_module("validation_sets")
+    from cap_edge.assess import KNOWLEDGE
+    from cap_edge.config import PruneConfig
     from cap_edge.tasks import calibration_problems, load_split
 
-    for split, (calib_spec, know, _) in gt.SPLITS.items():
-        val = gt.knowledge_validation(split)
+    used = frozenset(p.key for d in (0, 1, 2) for p in calibration_problems("embedded", PruneConfig().stats_problems, draw=d)
+                     + calibration_problems("embedded", 32, draw=d))
+    stored = json.loads((ROOT / "benchmarks" / "results" / "guided_tuning.json").read_text())["validation_sets"]
+    for split, (calib_spec, know, _) in [*vs.SPLITS.items(), (None, ("embedded", KNOWLEDGE, None))]:
+        val = vs.knowledge_validation(split, used=frozenset() if split else used)
         fams = know.split(":", 1)[1].split(",")
+        start = max(vs.TRANSFER_KNOWLEDGE[split], vs.N300_PER_FAMILY) if split else vs.N300_PER_FAMILY
         assert {p.family for p in val} == set(fams)
-        tested = {p.key for p in load_split(know, "eval", max(gt.TRANSFER_KNOWLEDGE[split], gt.N300_PER_FAMILY))}
-        assert len(tested) == len(fams) * max(gt.TRANSFER_KNOWLEDGE[split], gt.N300_PER_FAMILY)
-        assert not {p.key for p in val} & tested
-        assert not {p.family for p in calibration_problems(calib_spec, 128)} & set(fams)
+        tested = {p.key for p in load_split(know, "eval", start)}
+        assert len(tested) == len(fams) * start and not {p.key for p in val} & tested
         assert len(val) > 35 * len(fams)  # more than validation_problems' 15-20 per family
+        if split:
+            assert not {p.family for p in calibration_problems(calib_spec, 128)} & set(fams)
+            assert vs.validation_set(split, True, used, [0, 1, 2])[1] in stored  # the rows measured on it stay comparable
+        else:
+            assert not {p.key for p in val} & used
+            probs, name = vs.validation_set(None, True, used, [0, 1, 2])
+            assert name.startswith("knowledge-val, without draws 0 1 2: ") and len(probs) == len({p.key for p in probs})
