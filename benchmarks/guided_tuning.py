@@ -51,16 +51,14 @@ import time
 
 from _common import result_lock, table, write_result
 from pruning import SPLITS, calibrate
-from validation_sets import validation_set
+from validation_sets import knowledge_families, validation_set
 from cap_edge.config import PruneConfig, replace
-from cap_edge.assess import KNOWLEDGE
 from cap_edge.backend import TorchBackend
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.pruning import prune_model
 from cap_edge.pruning.methods import get_method, needs_cap_scores, obs_settings
 from cap_edge.quality import measure, reference, torch_primitives
-from cap_edge.tasks import calibration_problems
 
 
 FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the first round's starting point
@@ -213,9 +211,7 @@ def main():
         return rewrite()
     lm = load_model(None, device="cpu")
     model, tok = lm.model, lm.tokenizer
-    used = frozenset(p.key for d in {0, *args.draws, *args.exclude_draws} for p in calibration_problems("embedded", PruneConfig().stats_problems, draw=d)
-                     + calibration_problems("embedded", 32, draw=d))
-    val, val_keys = validation_set(args.split, args.knowledge_val, used, sorted({0, *args.draws, *args.exclude_draws}))
+    val, val_keys = validation_set(args.split, args.knowledge_val, {0, *args.draws, *args.exclude_draws})
     calib_spec = SPLITS[args.split][0] if args.split else "embedded"
     ref = reference(*torch_primitives(model, tok), tok, [])  # KL and perplexity only
     original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -251,7 +247,7 @@ def main():
                              mask_refit_products=obs["refit_products"])
                 results.append(r)
                 print(draw, setting, name, f"CE {r['val_answer_ce']:.3f} acc {r['val_acc']:.3f} KL {r['kl_mean']:.4f}", flush=True)
-    kfams = set((SPLITS[args.split][1] if args.split else KNOWLEDGE).split(":", 1)[1].split(",")) if args.knowledge_val else set()
+    kfams = set(knowledge_families(args.split)) if args.knowledge_val else set()
     write(results, args, dense, val_keys, ref.ppl, "".join("1" if p.family in kfams else "0" for p in val) if kfams else None)
 
 

@@ -51,10 +51,12 @@ def calibrate(lm, original: dict, spec: str, draw: int, mode: str = "exact", n_s
     tok = lm.tokenizer
     calib = calibration_problems(spec, n_scores, draw=draw)
     stats = calibration_problems(spec, PruneConfig().stats_problems, draw=draw)
-    t = time.perf_counter()
-    heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib))) if scores else None
-    chans = score_channels(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib))) if scores else None
-    seconds = time.perf_counter() - t if scores else None
+    heads = chans = seconds = None
+    if scores:
+        t = time.perf_counter()
+        heads = score_heads(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
+        chans = score_channels(lm.model, tok, calib, ScoreConfig(mode=mode), BudgetConfig(problems=len(calib)))
+        seconds = time.perf_counter() - t
     batch = build_calib_batch(tok, stats, 3, BudgetConfig(problems=len(stats)), pad_id=tok.pad_token_id)
     return {"calib": calib + stats, "heads": heads, "chans": chans, "batch": batch, "score_seconds": seconds}
 
@@ -205,6 +207,7 @@ def main():
         if d + 1 < draws.stop:  # a complete, smaller result after every draw: a stopped run still leaves one
             write(args, lm, ev, ref, dense, runs, scoring, [], precision)
     transfer = []
+    need = scored([parse_setting(st) for st in args.transfer_settings], args.transfer_methods)  # same for every split and draw
     splits = [(c, k, e, name) for name, (c, k, e) in SPLITS.items() if name in args.transfer_splits and args.transfer_settings]
     for calib_spec, know, suite_spec, name in splits:
         # the evaluation half's knowledge families (geography's pool holds 168 held-out problems, animals' 149)
@@ -212,7 +215,6 @@ def main():
                             suite=suite_spec, gen=know)
         tref = None
         for d in args.transfer_draws:
-            need = scored([parse_setting(st) for st in args.transfer_settings], args.transfer_methods)
             cal = calibrate(lm, original, calib_spec, d, args.score_mode, scores=need)  # restores the dense weights, so the reference is dense
             tref = tref or dense_reference(lm.model, lm.tokenizer, tev)
             for setting in args.transfer_settings:

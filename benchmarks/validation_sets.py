@@ -14,6 +14,17 @@ from cap_edge.tasks.sources import calib_reserve, embedded, evaluation_tail
 KNOWLEDGE_TAIL = 49  # --knowledge-val: evaluation problems per family past the test pools (all animals' pool has left)
 
 
+def used_keys(draws) -> frozenset:
+    """The problems calibration draws ``draws`` read: each draw's 32 scoring problems and its statistics set."""
+    return frozenset(p.key for d in draws for p in calibration_problems("embedded", PruneConfig().stats_problems, draw=d)
+                     + calibration_problems("embedded", 32, draw=d))
+
+
+def knowledge_families(split: str | None) -> list[str]:
+    """The knowledge families validation pairs alone: the evaluated half's under a transfer ``split``, else all three."""
+    return (SPLITS[split][1] if split else KNOWLEDGE).split(":", 1)[1].split(",")
+
+
 def validation_problems(exclude: frozenset = frozenset()) -> list:
     """The last stretch of each family's calibration split: never used for draw 0's scores (first 3
     per family) or statistics (first 10 per family); ``exclude``: the keys later draws use (they
@@ -32,7 +43,7 @@ def knowledge_validation(split: str | None, tail: int = KNOWLEDGE_TAIL, used: fr
     pruning_n300's). validation_problems alone holds 15-20 per family, too few to see the test split's knowledge losses."""
     start = max(TRANSFER_KNOWLEDGE[split], N300_PER_FAMILY) if split else N300_PER_FAMILY
     out = []
-    for fam in (SPLITS[split][1] if split else KNOWLEDGE).split(":", 1)[1].split(","):
+    for fam in knowledge_families(split):
         tested = {p.key for p in embedded([fam], "eval", start)}
         extra = evaluation_tail(fam, start, tail)
         assert not {p.key for p in extra} & tested, "validation must stay off the test pools"
@@ -40,9 +51,12 @@ def knowledge_validation(split: str | None, tail: int = KNOWLEDGE_TAIL, used: fr
     return out
 
 
-def validation_set(split: str | None, knowledge_val: bool, used: frozenset, draws: list[int]) -> tuple[list, str]:
-    """The validation problems and their set's name (a row's val_keys): validation_problems less ``used``, under a
-    transfer ``split`` the evaluated half's alone, with --knowledge-val the knowledge families' problems added."""
+def validation_set(split: str | None, knowledge_val: bool, draws) -> tuple[list, str]:
+    """The validation problems and their set's name (a row's val_keys): validation_problems less what calibration
+    ``draws`` read, under a transfer ``split`` the evaluated half's alone, with --knowledge-val the knowledge families'
+    problems added."""
+    draws = sorted(set(draws))
+    used = used_keys(draws)
     val = validation_problems(used)
     assert not {p.key for p in val} & {p.key for p in calibration_problems("embedded", 128)}
     name = f"without draws {' '.join(map(str, draws))}"

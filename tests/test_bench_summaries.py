@@ -228,11 +228,9 @@ def test_knowledge_validation_stays_off_every_test_pool(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     vs = importlib.import_module("validation_sets")
     from cap_edge.assess import KNOWLEDGE
-    from cap_edge.config import PruneConfig
     from cap_edge.tasks import calibration_problems, load_split
 
-    used = frozenset(p.key for d in (0, 1, 2) for p in calibration_problems("embedded", PruneConfig().stats_problems, draw=d)
-                     + calibration_problems("embedded", 32, draw=d))
+    used = vs.used_keys((0, 1, 2))
     stored = json.loads((ROOT / "benchmarks" / "results" / "guided_tuning.json").read_text())["validation_sets"]
     for split, (calib_spec, know, _) in [*vs.SPLITS.items(), (None, ("embedded", KNOWLEDGE, None))]:
         val = vs.knowledge_validation(split, used=frozenset() if split else used)
@@ -244,8 +242,8 @@ def test_knowledge_validation_stays_off_every_test_pool(monkeypatch):
         assert len(val) > 35 * len(fams)  # more than validation_problems' 15-20 per family
         if split:
             assert not {p.family for p in calibration_problems(calib_spec, 128)} & set(fams)
-            assert vs.validation_set(split, True, used, [0, 1, 2])[1] in stored  # the rows measured on it stay comparable
+            assert vs.validation_set(split, True, [0, 1, 2])[1] in stored  # the rows measured on it stay comparable
         else:
             assert not {p.key for p in val} & used
-            probs, name = vs.validation_set(None, True, used, [0, 1, 2])
+            probs, name = vs.validation_set(None, True, [0, 1, 2])
             assert name.startswith("knowledge-val, without draws 0 1 2: ") and len(probs) == len({p.key for p in probs})
