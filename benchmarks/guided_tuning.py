@@ -127,6 +127,12 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # ... and the Fisher allocation with every guidance weakened by the squared ramp (0.36 of full strength at 30%)
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075": ("cap-wanda", {
         **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher"}),
+    # twelfth round (A->B 30%, half B's knowledge answers): the default without the part computed from half A's reasoning
+    # problems that reaches every weight, the answer-gradient token weights, or without the CAP unit factors
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no token weights": ("cap-wanda", {
+        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher", "token_beta": 0.0}),
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no unit factors": ("cap-wanda", {
+        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher", "unit_strength": 0.0}),
 }
 
 
