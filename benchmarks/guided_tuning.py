@@ -41,7 +41,10 @@ knowledge loss: on three draws neither the default nor the token weights alone l
 the default at 25-40% for the sixteenth stop, but on the test split they lost knowledge answers to Wanda at n = 300
 on every draw, so the Fisher allocation is the default at 15-40% again. The eleventh round (--knowledge-val
 in-family: 583 problems, 216 knowledge) sees that on validation: the token weights alone +0.038 in CE against
-Wanda, the default -0.014 with 28/4 knowledge answers. docs/methods.md has the figures.
+Wanda, the default -0.014 with 28/4 knowledge answers. The twelfth round dropped one part of the default at a time
+for the test split's open A->B 30% knowledge cell: without the token weights it fails in-family answer CE (+0.035),
+without the unit factors A->B itself (+0.022), and neither keeps more of half B's knowledge answers on validation, so
+the default stays. docs/methods.md has the figures.
 """
 
 from __future__ import annotations

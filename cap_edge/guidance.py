@@ -24,7 +24,8 @@ issue #17's criteria: answer CE within 0.02 of Wanda's, KL within 5%, no signifi
   p = 0.007, 3/13 p = 0.021, where this allocation is 9/9, 7/11, 10/12), so the allocation is back.
   That choice looked at the test split (docs/methods.md, "The token weights alone on the test split"); the
   eleventh round's in-family knowledge validation, run afterwards, agrees: the token weights alone +0.038 in
-  answer CE against Wanda, this allocation -0.014 with 28 knowledge answers kept to Wanda's 4.
+  answer CE against Wanda, this allocation -0.014 with 28 knowledge answers kept to Wanda's 4. The twelfth round
+  dropped its token weights (in-family answer CE +0.035 against Wanda) or its unit factors (A->B +0.022): both fail.
 * everything else (cap-wanda at 40% and above, cap-sparsegpt, N:M): the blocks ranked by their CAP
   effects, bound 0.15, the linear ramp (rounds 1-6).
 """
