@@ -1,0 +1,98 @@
+"""Why transfer validation cannot see the test split's A->B 30% knowledge losses: the same pruned models
+(calibrated on half A, one draw) answer half B's knowledge problems from three pools, side by side.
+
+    python benchmarks/knowledge_sets.py [--draw 0] [--methods wanda sparsegpt cap-wanda]
+
+Pools: "test", the knowledge problems pruning.py's A->B transfer rows evaluate (the first 100 of each family's
+evaluation stream); "validation calib", the families' calibration split (guided_tuning --knowledge-val's first part);
+"validation tail", their evaluation stream past every test pool (its second part). On the stored test rows SparseGPT
+and cap-wanda keep fewer of those answers than Wanda (SparseGPT 3/15, 2/13, 2/21), on the validation problems of the
+same families neither does (docs/methods.md, twelfth round). Writes benchmarks/results/knowledge_sets.json: each
+model's accuracy and answer CE per pool, McNemar against Wanda per pool, and whether the test-pool hits reproduce the
+stored pruning.json row of the same method and draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from _common import RESULTS, table, write_result
+from pruning import SPLITS, TRANSFER_KNOWLEDGE, calibrate, prune_timed, scored
+from validation_sets import knowledge_families, knowledge_validation
+from cap_edge.backend import TorchBackend
+from cap_edge.config import PruneConfig
+from cap_edge.evaluate import evaluate, mcnemar
+from cap_edge.models import load_model
+from cap_edge.tasks import load_split
+from cap_edge.tasks.sources import calib_reserve, embedded
+
+SPLIT = "A->B"
+
+
+def pools() -> dict[str, list]:
+    """The three pools of half B's knowledge problems (disjoint: asserted)."""
+    know = SPLITS[SPLIT][1]
+    test = load_split(know, "eval", TRANSFER_KNOWLEDGE[SPLIT])
+    val = knowledge_validation(SPLIT, used=frozenset())  # as guided_tuning --split A->B --knowledge-val builds it
+    calib = {p.key for fam in knowledge_families(SPLIT) for p in embedded([fam], "calib", calib_reserve(fam))}
+    out = {"test": test, "validation calib": [p for p in val if p.key in calib],
+           "validation tail": [p for p in val if p.key not in calib]}
+    keys = [p.key for ps in out.values() for p in ps]
+    assert len(keys) == len(set(keys)), "the pools must be disjoint"
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--draw", type=int, default=0, help="calibration draw of half A (pruning.py's --transfer-draws)")
+    ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "cap-wanda"])
+    ap.add_argument("--sparsity", type=float, default=0.3)
+    ap.add_argument("--score-mode", default="hybrid")
+    args = ap.parse_args()
+    lm = load_model(None, device="cpu")
+    model, tok = lm.model, lm.tokenizer
+    sets = pools()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    need = scored([("unstructured", args.sparsity)], args.methods)
+    cal = calibrate(lm, original, SPLITS[SPLIT][0], args.draw, args.score_mode, scores=need)  # restores the dense weights
+    stored = json.loads((RESULTS / "pruning.json").read_text())["transfer"]
+    hits, rows = {}, []
+    for name in ["dense", *args.methods]:
+        if name != "dense":
+            prune_timed(lm, original, cal, PruneConfig(method=name, sparsity=args.sparsity, pattern="unstructured"))
+        hits[name] = {}
+        for pool, problems in sets.items():
+            ev = evaluate(TorchBackend(model, tok, progress=False), tok, problems)
+            got = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
+            hits[name][pool] = [got[p.id] for p in problems]
+            rows.append({"model": name, "pool": pool, "n": len(problems), "acc": ev["overall"]["acc"],
+                         "answer_ce": ev["overall"]["answer_ce"]})
+            print(name, pool, f"acc {ev['overall']['acc']:.3f} CE {ev['overall']['answer_ce']:.3f}", flush=True)
+    model.load_state_dict(original)
+    reproduced = {}
+    for m in args.methods:  # the stored test row of the same method, split, level and draw
+        r = next((r for r in reversed(stored) if r["method"] == m and r["split"] == SPLIT and r["draw"] == args.draw
+                  and r["pattern"] == "unstructured" and r["target_sparsity"] == args.sparsity), None)
+        if r:
+            reproduced[m] = sum(a == (b == "1") for a, b in zip(hits[m]["test"], r["hits"]))
+    paired = []
+    for m in (m for m in args.methods if m != "wanda"):
+        for pool in sets:
+            t = mcnemar(hits[m][pool], hits["wanda"][pool])
+            paired.append({"model": m, "pool": pool, "a_only": t["a_only"], "b_only": t["b_only"], "p_value": t["p_value"]})
+    md = table([[r["model"], r["pool"], r["n"], f"{r['acc']:.3f}", f"{r['answer_ce']:.3f}"] for r in rows],
+               ["model", "pool", "n", "acc", "answer CE"])
+    md += "\n\nAgainst Wanda (same pool): CAP/SparseGPT-only / Wanda-only\n\n" + table(
+        [[p["model"], p["pool"], f"{p['a_only']}/{p['b_only']}", f"{p['p_value']:.3f}"] for p in paired],
+        ["model", "pool", "only it / only Wanda", "McNemar p"])
+    md += "\n\nTest-pool answers equal to the stored pruning.json row: " + ", ".join(
+        f"{m} {k}/{len(sets['test'])}" for m, k in reproduced.items())
+    print(md)
+    write_result("knowledge_sets", {"split": SPLIT, "draw": args.draw, "sparsity": args.sparsity, "score_mode": args.score_mode,
+                                    "pools": {k: len(v) for k, v in sets.items()}, "rows": rows, "paired": paired,
+                                    "test_hits_reproduced": reproduced, "table_md": md})
+
+
+if __name__ == "__main__":
+    main()
