@@ -247,3 +247,22 @@ def test_knowledge_validation_stays_off_every_test_pool(monkeypatch):
             assert not {p.key for p in val} & used
             probs, name = vs.validation_set(None, True, [0, 1, 2])
             assert name.startswith("knowledge-val, without draws 0 1 2: ") and len(probs) == len({p.key for p in probs})
+
+
+def test_knowledge_sets_pools(monkeypatch):
+    """knowledge_sets' three pools of half B's knowledge problems: disjoint, the test pool is pruning.py's A->B
+    transfer knowledge set, and the two validation parts together are guided_tuning --split A->B --knowledge-val's
+    knowledge problems."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ks = importlib.import_module("knowledge_sets")
+    from cap_edge.tasks import load_split
+
+    pools = ks.pools()
+    keys = {n: {p.key for p in ps} for n, ps in pools.items()}
+    assert sum(map(len, keys.values())) == len(set().union(*keys.values()))
+    assert keys["test"] == {p.key for p in load_split(ks.SPLITS["A->B"][1], "eval", ks.TRANSFER_KNOWLEDGE["A->B"])}
+    vs = importlib.import_module("validation_sets")
+    val, _ = vs.validation_set("A->B", True, [0, 1, 2])
+    fams = set(vs.knowledge_families("A->B"))
+    assert keys["validation calib"] | keys["validation tail"] == {p.key for p in val if p.family in fams}
+    assert keys["validation calib"] and keys["validation tail"]
