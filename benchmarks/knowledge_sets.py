@@ -77,13 +77,13 @@ def main():
         if r:
             reproduced[m] = sum(a == (b == "1") for a, b in zip(hits[m]["test"], r["hits"]))
     paired = []
-    for m in (m for m in args.methods if m != "wanda"):
+    for m in (m for m in hits if m != "wanda"):  # dense too: how much Wanda itself loses on each pool
         for pool in sets:
             t = mcnemar(hits[m][pool], hits["wanda"][pool])
             paired.append({"model": m, "pool": pool, "a_only": t["a_only"], "b_only": t["b_only"], "p_value": t["p_value"]})
     md = table([[r["model"], r["pool"], r["n"], f"{r['acc']:.3f}", f"{r['answer_ce']:.3f}"] for r in rows],
                ["model", "pool", "n", "acc", "answer CE"])
-    md += "\n\nAgainst Wanda (same pool): CAP/SparseGPT-only / Wanda-only\n\n" + table(
+    md += "\n\nAgainst Wanda (same pool): answers only the model got / only Wanda got\n\n" + table(
         [[p["model"], p["pool"], f"{p['a_only']}/{p['b_only']}", f"{p['p_value']:.3f}"] for p in paired],
         ["model", "pool", "only it / only Wanda", "McNemar p"])
     md += "\n\nTest-pool answers equal to the stored pruning.json row: " + ", ".join(
@@ -91,7 +91,9 @@ def main():
     print(md)
     write_result("knowledge_sets", {"split": SPLIT, "draw": args.draw, "sparsity": args.sparsity, "score_mode": args.score_mode,
                                     "pools": {k: len(v) for k, v in sets.items()}, "rows": rows, "paired": paired,
-                                    "test_hits_reproduced": reproduced, "table_md": md})
+                                    "test_hits_reproduced": reproduced, "table_md": md,
+                                    "hits": {m: {pool: "".join("1" if h else "0" for h in hs) for pool, hs in by.items()}
+                                             for m, by in hits.items()}})
 
 
 if __name__ == "__main__":
