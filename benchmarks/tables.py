@@ -154,6 +154,7 @@ SECTIONS = [
     ("The mask refit's stop and precision", "refit_speed", refit_speed),
     ("SparseGPT 2:4 and the CPU thread count", "nm_threads", nm_threads),
     ("CAP-guided settings chosen on validation data", "guided_tuning", stored("table_md")),
+    ("Half B's knowledge problems: test pool vs validation (A->B 30%)", "knowledge_sets", stored("table_md")),
     ("Build search, cpu profile", "pareto_cpu", pareto),
     ("Build search, jetson-orin profile", "pareto_jetson", pareto),
     ("Dense vs shipped on the host CPU", "bench_cpu", bench),
