@@ -1,7 +1,7 @@
 """Why transfer validation cannot see the test split's A->B 30% knowledge losses: the same pruned models
-(calibrated on half A, one draw) answer half B's knowledge problems from three pools, side by side.
+(calibrated on half A, each of pruning.py's transfer draws) answer half B's knowledge problems from three pools, side by side.
 
-    python benchmarks/knowledge_sets.py [--draw 0] [--methods wanda sparsegpt cap-wanda]
+    python benchmarks/knowledge_sets.py [--draws 0 1 2] [--methods wanda sparsegpt cap-wanda]
 
 Pools: "test", the knowledge problems pruning.py's A->B transfer rows evaluate (the first 100 of each family's
 evaluation stream); "validation calib", the families' calibration split (guided_tuning --knowledge-val's first part);
@@ -43,57 +43,63 @@ def pools() -> dict[str, list]:
     return out
 
 
+def answer(lm, problems_by_pool: dict) -> tuple[dict, list]:
+    """The loaded model's hits per pool, and its accuracy and answer CE per pool."""
+    hits, rows = {}, []
+    for pool, problems in problems_by_pool.items():
+        ev = evaluate(TorchBackend(lm.model, lm.tokenizer, progress=False), lm.tokenizer, problems)
+        got = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
+        hits[pool] = [got[p.id] for p in problems]
+        rows.append({"pool": pool, "n": len(problems), "acc": ev["overall"]["acc"], "answer_ce": ev["overall"]["answer_ce"]})
+    return hits, rows
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--draw", type=int, default=0, help="calibration draw of half A (pruning.py's --transfer-draws)")
+    ap.add_argument("--draws", nargs="+", type=int, default=[0, 1, 2], help="calibration draws of half A (pruning.py's --transfer-draws)")
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "cap-wanda"])
     ap.add_argument("--sparsity", type=float, default=0.3)
     ap.add_argument("--score-mode", default="hybrid")
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
-    model, tok = lm.model, lm.tokenizer
     sets = pools()
-    original = {k: v.clone() for k, v in model.state_dict().items()}
+    original = {k: v.clone() for k, v in lm.model.state_dict().items()}
     need = scored([("unstructured", args.sparsity)], args.methods)
-    cal = calibrate(lm, original, SPLITS[SPLIT][0], args.draw, args.score_mode, scores=need)  # restores the dense weights
     stored = json.loads((RESULTS / "pruning.json").read_text())["transfer"]
-    hits, rows = {}, []
-    for name in ["dense", *args.methods]:
-        if name != "dense":
-            prune_timed(lm, original, cal, PruneConfig(method=name, sparsity=args.sparsity, pattern="unstructured"))
-        hits[name] = {}
-        for pool, problems in sets.items():
-            ev = evaluate(TorchBackend(model, tok, progress=False), tok, problems)
-            got = {p["id"]: p["pred"] == p["gold"] for p in ev["predictions"]}
-            hits[name][pool] = [got[p.id] for p in problems]
-            rows.append({"model": name, "pool": pool, "n": len(problems), "acc": ev["overall"]["acc"],
-                         "answer_ce": ev["overall"]["answer_ce"]})
-            print(name, pool, f"acc {ev['overall']['acc']:.3f} CE {ev['overall']['answer_ce']:.3f}", flush=True)
-    model.load_state_dict(original)
-    reproduced = {}
-    for m in args.methods:  # the stored test row of the same method, split, level and draw
-        r = next((r for r in reversed(stored) if r["method"] == m and r["split"] == SPLIT and r["draw"] == args.draw
-                  and r["pattern"] == "unstructured" and r["target_sparsity"] == args.sparsity), None)
-        if r:
-            reproduced[m] = sum(a == (b == "1") for a, b in zip(hits[m]["test"], r["hits"]))
-    paired = []
-    for m in (m for m in hits if m != "wanda"):  # dense too: how much Wanda itself loses on each pool
-        for pool in sets:
-            t = mcnemar(hits[m][pool], hits["wanda"][pool])
-            paired.append({"model": m, "pool": pool, "a_only": t["a_only"], "b_only": t["b_only"], "p_value": t["p_value"]})
-    md = table([[r["model"], r["pool"], r["n"], f"{r['acc']:.3f}", f"{r['answer_ce']:.3f}"] for r in rows],
-               ["model", "pool", "n", "acc", "answer CE"])
-    md += "\n\nAgainst Wanda (same pool): answers only the model got / only Wanda got\n\n" + table(
-        [[p["model"], p["pool"], f"{p['a_only']}/{p['b_only']}", f"{p['p_value']:.3f}"] for p in paired],
-        ["model", "pool", "only it / only Wanda", "McNemar p"])
+    dense_hits, dense_rows = answer(lm, sets)  # the dense model: the same for every draw
+    hits, rows, paired, reproduced = {}, [{"draw": "-", "model": "dense", **r} for r in dense_rows], [], {}
+    for d in args.draws:
+        cal = calibrate(lm, original, SPLITS[SPLIT][0], d, args.score_mode, scores=need)  # restores the dense weights
+        hits[d] = {"dense": dense_hits}
+        for m in args.methods:
+            prune_timed(lm, original, cal, PruneConfig(method=m, sparsity=args.sparsity, pattern="unstructured"))
+            hits[d][m], got = answer(lm, sets)
+            rows += [{"draw": d, "model": m, **r} for r in got]
+            print(d, m, " ".join(f"{r['pool']} {r['acc']:.3f}" for r in got), flush=True)
+            r = next((r for r in reversed(stored) if r["method"] == m and r["split"] == SPLIT and r["draw"] == d
+                      and r["pattern"] == "unstructured" and r["target_sparsity"] == args.sparsity), None)
+            if r:  # the stored test row of the same method, split, level and draw
+                reproduced[f"{m} draw {d}"] = sum(a == (b == "1") for a, b in zip(hits[d][m]["test"], r["hits"]))
+        for m in (m for m in hits[d] if m != "wanda"):  # dense too: how much Wanda itself loses on each pool
+            for pool in sets:
+                t = mcnemar(hits[d][m][pool], hits[d]["wanda"][pool])
+                paired.append({"draw": d, "model": m, "pool": pool, "a_only": t["a_only"], "b_only": t["b_only"],
+                               "p_value": t["p_value"]})
+    lm.model.load_state_dict(original)
+    md = table([[r["draw"], r["model"], r["pool"], r["n"], f"{r['acc']:.3f}", f"{r['answer_ce']:.3f}"] for r in rows],
+               ["draw", "model", "pool", "n", "acc", "answer CE"])
+    md += "\n\nAgainst Wanda of the same draw (same pool): answers only the model got / only Wanda got\n\n" + table(
+        [[p["draw"], p["model"], p["pool"], f"{p['a_only']}/{p['b_only']}", f"{p['p_value']:.3f}"] for p in paired],
+        ["draw", "model", "pool", "only it / only Wanda", "McNemar p"])
     md += "\n\nTest-pool answers equal to the stored pruning.json row: " + ", ".join(
         f"{m} {k}/{len(sets['test'])}" for m, k in reproduced.items())
     print(md)
-    write_result("knowledge_sets", {"split": SPLIT, "draw": args.draw, "sparsity": args.sparsity, "score_mode": args.score_mode,
+    write_result("knowledge_sets", {"split": SPLIT, "draws": args.draws, "sparsity": args.sparsity, "score_mode": args.score_mode,
                                     "pools": {k: len(v) for k, v in sets.items()}, "rows": rows, "paired": paired,
                                     "test_hits_reproduced": reproduced, "table_md": md,
-                                    "hits": {m: {pool: "".join("1" if h else "0" for h in hs) for pool, hs in by.items()}
-                                             for m, by in hits.items()}})
+                                    "hits": {str(d): {m: {pool: "".join("1" if h else "0" for h in hs) for pool, hs in by.items()}
+                                                      for m, by in hd.items() if m != "dense" or d == args.draws[0]}
+                                             for d, hd in hits.items()}})
 
 
 if __name__ == "__main__":
