@@ -70,6 +70,8 @@ FULL = {"alloc_bound": 0.15, "token_beta": 0.5, "unit_strength": 0.5,  # the fir
         "sparsegpt_damp": 0.01, "mask_refit_iters": 0,  # SparseGPT's solve as the first three rounds ran it
         "mask_refit_tol": 0.0, "mask_refit_products": "float64"}  # the fourth round's refit: every step, in float64
 # the damped, refitted OBS solve of the fourth and fifth rounds (cap-sparsegpt's 50% and N:M default since)
+# the Fisher allocation with every guidance at the squared ramp (eighth round; cap-wanda's 15-40% default since the ninth)
+FISHER_SQUARED = {**FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher"}
 DAMPED_REFIT = {"mask_refit_iters": 30, "sparsegpt_damp": 0.1, "mask_refit_tol": 1e-3, "mask_refit_products": "float32"}
 VARIANTS = {  # name -> (method, settings); explicit, so a later change of PruneConfig's defaults changes no row
     "sparsegpt": ("sparsegpt", {}),
@@ -128,14 +130,12 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "cap-wanda ramp 0.5 fisher alloc 0.075 alloc only": ("cap-wanda", {
         **FULL, "guidance_ramp": 0.5, "alloc_bound": 0.075, "alloc_signal": "fisher", "token_beta": 0.0, "unit_strength": 0.0}),
     # ... and the Fisher allocation with every guidance weakened by the squared ramp (0.36 of full strength at 30%)
-    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075": ("cap-wanda", {
-        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher"}),
-    # twelfth round (A->B 30%, half B's knowledge answers): the default without the part computed from half A's reasoning
-    # problems that reaches every weight, the answer-gradient token weights, or without the CAP unit factors
-    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no token weights": ("cap-wanda", {
-        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher", "token_beta": 0.0}),
-    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no unit factors": ("cap-wanda", {
-        **FULL, "guidance_ramp": 0.5, "guidance_power": 2.0, "alloc_bound": 0.075, "alloc_signal": "fisher", "unit_strength": 0.0}),
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075": ("cap-wanda", FISHER_SQUARED),
+    # twelfth round (A->B 30%, half B's knowledge answers): that variant (the 15-40% default) without the part computed
+    # from half A's reasoning problems that reaches every weight, the answer-gradient token weights, or without the CAP
+    # unit factors
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no token weights": ("cap-wanda", {**FISHER_SQUARED, "token_beta": 0.0}),
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no unit factors": ("cap-wanda", {**FISHER_SQUARED, "unit_strength": 0.0}),
 }
 
 

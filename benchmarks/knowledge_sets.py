@@ -19,13 +19,12 @@ import json
 
 from _common import RESULTS, table, write_result
 from pruning import SPLITS, TRANSFER_KNOWLEDGE, calibrate, prune_timed, scored
-from validation_sets import knowledge_families, knowledge_validation
+from validation_sets import knowledge_validation_parts
 from cap_edge.backend import TorchBackend
 from cap_edge.config import PruneConfig
 from cap_edge.evaluate import evaluate, mcnemar
 from cap_edge.models import load_model
 from cap_edge.tasks import load_split
-from cap_edge.tasks.sources import calib_reserve, embedded
 
 SPLIT = "A->B"
 
@@ -34,10 +33,9 @@ def pools() -> dict[str, list]:
     """The three pools of half B's knowledge problems (disjoint: asserted)."""
     know = SPLITS[SPLIT][1]
     test = load_split(know, "eval", TRANSFER_KNOWLEDGE[SPLIT])
-    val = knowledge_validation(SPLIT, used=frozenset())  # as guided_tuning --split A->B --knowledge-val builds it
-    calib = {p.key for fam in knowledge_families(SPLIT) for p in embedded([fam], "calib", calib_reserve(fam))}
-    out = {"test": test, "validation calib": [p for p in val if p.key in calib],
-           "validation tail": [p for p in val if p.key not in calib]}
+    parts = knowledge_validation_parts(SPLIT)  # as guided_tuning --split A->B --knowledge-val builds them
+    out = {"test": test, "validation calib": [p for calib, _ in parts for p in calib],
+           "validation tail": [p for _, extra in parts for p in extra]}
     keys = [p.key for ps in out.values() for p in ps]
     assert len(keys) == len(set(keys)), "the pools must be disjoint"
     return out
@@ -52,6 +50,18 @@ def answer(lm, problems_by_pool: dict) -> tuple[dict, list]:
         hits[pool] = [got[p.id] for p in problems]
         rows.append({"pool": pool, "n": len(problems), "acc": ev["overall"]["acc"], "answer_ce": ev["overall"]["answer_ce"]})
     return hits, rows
+
+
+def _bits(by_pool: dict) -> dict:
+    return {pool: "".join("1" if h else "0" for h in hs) for pool, hs in by_pool.items()}
+
+
+def stored_hits(dense: dict, hits: dict) -> dict:
+    """Per draw, each model's hits per pool as "0"/"1" strings; the dense model's (the same every draw) under the first."""
+    out = {str(d): {m: _bits(by) for m, by in hd.items()} for d, hd in hits.items()}
+    first = next(iter(out))
+    out[first] = {"dense": _bits(dense), **out[first]}
+    return out
 
 
 def main():
@@ -70,7 +80,7 @@ def main():
     hits, rows, paired, reproduced = {}, [{"draw": "-", "model": "dense", **r} for r in dense_rows], [], {}
     for d in args.draws:
         cal = calibrate(lm, original, SPLITS[SPLIT][0], d, args.score_mode, scores=need)  # restores the dense weights
-        hits[d] = {"dense": dense_hits}
+        hits[d] = {}
         for m in args.methods:
             prune_timed(lm, original, cal, PruneConfig(method=m, sparsity=args.sparsity, pattern="unstructured"))
             hits[d][m], got = answer(lm, sets)
@@ -80,9 +90,10 @@ def main():
                       and r["pattern"] == "unstructured" and r["target_sparsity"] == args.sparsity), None)
             if r:  # the stored test row of the same method, split, level and draw
                 reproduced[f"{m} draw {d}"] = sum(a == (b == "1") for a, b in zip(hits[d][m]["test"], r["hits"]))
-        for m in (m for m in hits[d] if m != "wanda"):  # dense too: how much Wanda itself loses on each pool
+        others = {"dense": dense_hits, **{m: h for m, h in hits[d].items() if m != "wanda"}}  # dense: what Wanda itself loses
+        for m, h in others.items():
             for pool in sets:
-                t = mcnemar(hits[d][m][pool], hits[d]["wanda"][pool])
+                t = mcnemar(h[pool], hits[d]["wanda"][pool])
                 paired.append({"draw": d, "model": m, "pool": pool, "a_only": t["a_only"], "b_only": t["b_only"],
                                "p_value": t["p_value"]})
     lm.model.load_state_dict(original)
@@ -97,9 +108,7 @@ def main():
     write_result("knowledge_sets", {"split": SPLIT, "draws": args.draws, "sparsity": args.sparsity, "score_mode": args.score_mode,
                                     "pools": {k: len(v) for k, v in sets.items()}, "rows": rows, "paired": paired,
                                     "test_hits_reproduced": reproduced, "table_md": md,
-                                    "hits": {str(d): {m: {pool: "".join("1" if h else "0" for h in hs) for pool, hs in by.items()}
-                                                      for m, by in hd.items() if m != "dense" or d == args.draws[0]}
-                                             for d, hd in hits.items()}})
+                                    "hits": stored_hits(dense_hits, hits)})
 
 
 if __name__ == "__main__":

@@ -36,19 +36,24 @@ def validation_problems(exclude: frozenset = frozenset()) -> list:
     return interleave(out)
 
 
-def knowledge_validation(split: str | None, tail: int = KNOWLEDGE_TAIL, used: frozenset = frozenset()) -> list:
-    """--knowledge-val's problems: for each knowledge family (of the evaluated half under a transfer ``split``, which
-    the other half's calibration never reads; all three in-family), its calibration split less what the draws use
-    (``used``) and up to ``tail`` problems of its evaluation stream past every test pool (pruning.json's and
-    pruning_n300's). validation_problems alone holds 15-20 per family, too few to see the test split's knowledge losses."""
+def knowledge_validation_parts(split: str | None, tail: int = KNOWLEDGE_TAIL, used: frozenset = frozenset()) -> list:
+    """knowledge_validation's problems as (calibration-split problems, evaluation-tail problems), one pair per family."""
     start = max(TRANSFER_KNOWLEDGE[split], N300_PER_FAMILY) if split else N300_PER_FAMILY
     out = []
     for fam in knowledge_families(split):
         tested = {p.key for p in embedded([fam], "eval", start)}
         extra = evaluation_tail(fam, start, tail)
         assert not {p.key for p in extra} & tested, "validation must stay off the test pools"
-        out += [p for p in embedded([fam], "calib", calib_reserve(fam)) if p.key not in used] + extra
+        out.append(([p for p in embedded([fam], "calib", calib_reserve(fam)) if p.key not in used], extra))
     return out
+
+
+def knowledge_validation(split: str | None, tail: int = KNOWLEDGE_TAIL, used: frozenset = frozenset()) -> list:
+    """--knowledge-val's problems: for each knowledge family (of the evaluated half under a transfer ``split``, which
+    the other half's calibration never reads; all three in-family), its calibration split less what the draws use
+    (``used``) and up to ``tail`` problems of its evaluation stream past every test pool (pruning.json's and
+    pruning_n300's). validation_problems alone holds 15-20 per family, too few to see the test split's knowledge losses."""
+    return [p for calib, extra in knowledge_validation_parts(split, tail, used) for p in calib + extra]
 
 
 def validation_set(split: str | None, knowledge_val: bool, draws) -> tuple[list, str]:
