@@ -136,6 +136,9 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     # unit factors
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no token weights": ("cap-wanda", {**FISHER_SQUARED, "token_beta": 0.0}),
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no unit factors": ("cap-wanda", {**FISHER_SQUARED, "unit_strength": 0.0}),
+    # thirteenth round (the same cell): that variant on attention only, every MLP pruned as plain Wanda (the CAP paper's
+    # scope; the MLPs are where the half B knowledge a half-A calibration does not ask for would be lost)
+    "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 attention only": ("cap-wanda", {**FISHER_SQUARED, "guided_blocks": "attention"}),
 }
 
 
@@ -249,7 +252,7 @@ def main():
                      # resolved where the variant leaves a knob unset
                      **{k: cfg.knob(k) for k in ("guidance_power", "token_beta", "unit_strength")},
                      "alloc_signal": cfg.allocation_signal,  # resolved: the method's defaults where the variant sets none
-                     "alloc_bound": cfg.base_alloc_bound}
+                     "alloc_bound": cfg.base_alloc_bound, "guided_blocks": cfg.knob("guided_blocks")}
                 if get_method(method).stats == "hessian":  # the damping and refit the solve used, resolved
                     obs = obs_settings(cfg, get_method(method))
                     r.update(sparsegpt_damp=obs["damp"], mask_refit_iters=obs["refit_iters"], mask_refit_tol=obs["refit_tol"],

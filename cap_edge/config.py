@@ -19,9 +19,7 @@ PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "cap", "cap-wanda", "cap-spa
 
 
 def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if not (value is None and allow_none) and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
         raise ConfigError(f"{name}: expected a positive number, got {value!r}")
 
 
@@ -116,6 +114,7 @@ class PruneConfig:
     guidance_power: float | None = None
     token_beta: float | None = None  # token weights: (1 - beta) + beta * normalised answer-gradient norm
     unit_strength: float | None = None  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank
+    guided_blocks: str | None = None  # "all", or "attention" (MLPs pruned as the unguided method; guidance.Guidance)
     # N:M only: share of the prunable parameters kept dense, as whole blocks (a layer's attention or MLP), chosen by
     # ``nm_dense_by``: "cap" (largest CAP head/channel effect per parameter; CAP-guided methods) or "depth" (the earliest
     # blocks; any method, a non-causal control). Effective sparsity (1 - share) x (1 - N/M) is what report and check use.
@@ -156,7 +155,7 @@ class PruneConfig:
     def guidance(self) -> dict:  # what the CAP-guided methods apply, resolved (the report and build plan show it)
         s = self.guidance_scale
         return {"scale": s, "alloc_bound": self.effective_alloc_bound, "unit_strength": self.knob("unit_strength") * s,
-                "token_beta": self.knob("token_beta") * s, "alloc_signal": self.allocation_signal}
+                "token_beta": self.knob("token_beta") * s, "alloc_signal": self.allocation_signal, "blocks": self.knob("guided_blocks")}
 
     def __post_init__(self):
         if self.method not in PRUNE_METHODS:
@@ -199,8 +198,9 @@ class PruneConfig:
             raise ConfigError(f"nm_dense: expected a share in [0, 1), got {self.nm_dense!r}")
         if self.nm_dense and self.nm is None:
             raise ConfigError(f"nm_dense keeps blocks dense beside an N:M pattern; got pattern {self.pattern!r}")
-        for name, allowed in (("nm_dense_by", ("cap", "depth")), ("alloc_signal", ("cap", "fisher"))):
-            if getattr(self, name) not in allowed and not (name == "alloc_signal" and self.alloc_signal is None):
+        for name, allowed in (("nm_dense_by", ("cap", "depth")), ("alloc_signal", ("cap", "fisher")),
+                              ("guided_blocks", ("all", "attention"))):  # the guidance knobs may be None (the default's)
+            if getattr(self, name) not in allowed and not (name != "nm_dense_by" and getattr(self, name) is None):
                 raise ConfigError(f"{name}: expected {' or '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.dedup_prefix, bool):
             raise ConfigError(f"dedup_prefix: expected true or false, got {self.dedup_prefix!r}")

@@ -42,6 +42,9 @@ class Guidance:
     unit_strength: float  # cap-wanda: rows/columns scaled by 1 +/- strength by their unit's CAP rank, before the ramp
     token_beta: float  # token weights (1 - beta) + beta x normalised answer-gradient norm, before the ramp
     guidance_power: float  # the ramp's exponent
+    # "all" blocks, or "attention" only: every MLP then pruned as the unguided method would (plain Wanda's statistics, the
+    # target sparsity), the CAP paper's scope (heads)
+    guided_blocks: str = "all"
 
 
 SIGNAL_BOUND = {"cap": 0.15, "fisher": 0.075}  # the bound each signal was validated with (rounds 1-6; 7th)

@@ -303,3 +303,28 @@ def test_mask_refit_reaches_prune_model_and_keeps_the_pattern(tokenizer):
     assert torch.equal(out[0][0] == 0, out[20][0] == 0) and not torch.allclose(out[0][0], out[20][0])
     for w in out[20]:
         assert ((w != 0).view(w.shape[0], -1, 4).sum(-1) <= 2).all()
+
+
+def test_attention_only_guidance_prunes_every_mlp_as_wanda(tokenizer):
+    """guided_blocks="attention": the allocation, unit factors and token weights move attention only; every MLP
+    is pruned at the target with plain Wanda's statistics. Layer 0's inputs are the same for both methods (its
+    statistics are gathered before it is pruned), so its MLP comes out weight for weight as Wanda's."""
+    from cap_edge.scoring import score_channels
+
+    calib = load_split("embedded", "calib", 1)[:6]
+    guided, wanda = make_tiny_llama(), make_tiny_llama()
+    batch, scores = _scores(guided, tokenizer)
+    chans = score_channels(guided, tokenizer, calib, ScoreConfig(), refine_fraction=0.5, progress=False)
+    cfg = PruneConfig(method="cap-wanda", sparsity=0.3, guided_blocks="attention", guidance_ramp=None)
+    assert cfg.guidance["blocks"] == "attention" and PruneConfig(method="cap-wanda", sparsity=0.3).guidance["blocks"] == "all"
+    rep = prune_model(guided, cfg, batch, scores, progress=False, channel_scores=chans)
+    prune_model(wanda, PruneConfig(method="wanda", sparsity=0.3), batch, progress=False)
+    assert rep["allocation"]["mlp"] == [0.3, 0.3]
+    attn = rep["allocation"]["attn"]
+    assert attn != [0.3, 0.3] and sum(attn) / 2 == pytest.approx(0.3, abs=1e-6)  # the attention blocks share the target
+    g, w = guided.model.layers[0], wanda.model.layers[0]
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        assert torch.equal(getattr(g.mlp, name).weight, getattr(w.mlp, name).weight), name
+    assert not torch.equal(g.self_attn.q_proj.weight, w.self_attn.q_proj.weight)
+    with pytest.raises(ConfigError, match="guided_blocks: expected all or attention, got 'mlp'"):
+        PruneConfig(method="cap-wanda", guided_blocks="mlp")

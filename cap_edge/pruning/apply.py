@@ -105,20 +105,22 @@ def guided_plan(model, cfg: PruneConfig, head_scores: dict | None, channel_score
     if not scored and needs_cap_scores(cfg):
         raise ConfigError(f"method {cfg.method!r} under guidance {g} needs CAP head and MLP channel scores")
     imp, sizes, hs, cs = block_importance(model, head_scores, channel_scores) if scored else (None, block_sizes(model), None, None)
-    if cfg.allocation_signal == "fisher" and bound > 0:
+    guided = L if g["blocks"] == "attention" else 2 * L  # the blocks the guidance moves: attention first, then the MLPs
+    alloc = torch.full((2 * L,), float(cfg.target_sparsity), dtype=torch.float64)  # (2L,) every block at the target ...
+    if cfg.allocation_signal == "fisher" and bound > 0:  # ... but the guided ones (their weighted mean stays the target)
         if batch is None:
             raise ConfigError("alloc_signal=fisher needs the calibration batch (its answer-loss gradients)")
-        alloc = saliency_allocate(answer_saliency(model, batch, _blocks(layers, spec)), cfg.target_sparsity, bound)
-    elif scored:
-        alloc = allocate(imp, sizes, cfg.target_sparsity, bound)
-    else:  # bound 0 here (needs_cap_scores): every block at the target, as allocate gives at bound 0
-        alloc = torch.full((2 * L,), float(cfg.target_sparsity), dtype=torch.float64)  # (2L,)
+        alloc[:guided] = saliency_allocate(answer_saliency(model, batch, _blocks(layers, spec)[:guided]), cfg.target_sparsity,
+                                           bound)
+    elif scored:  # bound 0 without scores (needs_cap_scores): the uniform allocation, as allocate gives at bound 0
+        alloc[:guided] = allocate(imp[:guided], sizes[:guided], cfg.target_sparsity, bound)
     s = g["unit_strength"]
+    s_mlp = s if guided == 2 * L else 0.0  # MLP channels unweighted where only attention is guided
     width = get_module(layers[0], spec.down).in_features
     return {"attn": alloc[:L].tolist(), "mlp": alloc[L:].tolist(), "group": width // cs.shape[1] if scored else None,
             "importance": imp, "sizes": sizes,  # per block, for the dense-block choice (dense_plan)
             "head_f": [1 + s * rank_normalise(hs[l]) if scored else None for l in range(L)],
-            "chan_f": [1 + s * rank_normalise(cs[l]) if scored else None for l in range(L)]}
+            "chan_f": [1 + s_mlp * rank_normalise(cs[l]) if scored else None for l in range(L)]}
 
 
 def dense_plan(model, cfg: PruneConfig, plan: dict | None) -> set[tuple[str, int]]:
@@ -213,12 +215,17 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     else:
         weights, calib_info = statistic_weights(model, batch, cfg.guidance["token_beta"] if method.guided else 0.0,
                                                 cfg.dedup_prefix)
+        if method.guided and cfg.guidance["blocks"] == "attention":  # MLP inputs weighted as the unguided method's
+            plain = statistic_weights(model, batch, 0.0, cfg.dedup_prefix)[0]
+            weights = [{p: (w if _kind(p, spec) == "attn" else u) for p in prunable_linears(spec)} for w, u in zip(weights, plain)]
         calib_info["rank"] = []
         dec = Decoder(model)
         h = dec.embed(batch.input_ids.to(dec.device))  # (N, T, D): the "catcher" step, inputs to layer 0
         for l in tqdm(range(len(layers)), desc=f"prune {cfg.method} (sequential)", disable=not progress):
             lins = _linears(layers[l], spec)
-            stats = InputStats(lins, method.stats, weights[l].to(dec.device))
+            w = weights[l]
+            stats = InputStats(lins, method.stats, {p: v.to(dec.device) for p, v in w.items()} if isinstance(w, dict)
+                               else w.to(dec.device))
             try:
                 dec.run(h, l, l + 1)  # statistics of this layer's inputs, given pruned earlier layers
             finally:

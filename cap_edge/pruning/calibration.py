@@ -14,24 +14,26 @@ from .allocation import shared_prefix_length, token_weights
 class InputStats:
     """Forward hooks accumulating per-linear input statistics over weighted tokens.
 
-    ``weights`` (N, T): each token's weight (0 on padding); ``kind``: "norm" (sum w x^2 per input,
-    Wanda) or "hessian" (sum w x x^T, SparseGPT)."""
+    ``weights`` (N, T): each token's weight (0 on padding), or one such tensor per linear's path;
+    ``kind``: "norm" (sum w x^2 per input, Wanda) or "hessian" (sum w x x^T, SparseGPT)."""
 
-    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, weights: torch.Tensor):
+    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, weights: torch.Tensor | dict[str, torch.Tensor]):
         self.kind = kind
-        self.valid = weights > 0  # (N, T)
-        self.w = weights[self.valid].double()  # (tokens,)
+        per = weights if isinstance(weights, dict) else dict.fromkeys(linears, weights)
+        self.tokens = {p: (w > 0, w[w > 0].double()) for p, w in per.items()}  # path -> (valid (N, T), weights (tokens,))
         self.sq: dict[str, torch.Tensor] = {}
         self.H: dict[str, torch.Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook(p)) for p, m in linears.items()]
 
     def _hook(self, path):
+        valid, w = self.tokens[path]
+
         def fn(_mod, args, _out):
-            x = args[0][self.valid].double()  # (tokens, in)
+            x = args[0][valid].double()  # (tokens, in)
             if self.kind == "norm":
-                self.sq[path] = self.sq.get(path, 0) + (self.w[:, None] * x * x).sum(0)
+                self.sq[path] = self.sq.get(path, 0) + (w[:, None] * x * x).sum(0)
             else:
-                self.H[path] = self.H.get(path, 0) + (x * self.w[:, None]).T @ x
+                self.H[path] = self.H.get(path, 0) + (x * w[:, None]).T @ x
         return fn
 
     def close(self):
