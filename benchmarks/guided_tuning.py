@@ -137,7 +137,10 @@ VARIANTS = {  # name -> (method, settings); explicit, so a later change of Prune
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no token weights": ("cap-wanda", {**FISHER_SQUARED, "token_beta": 0.0}),
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 no unit factors": ("cap-wanda", {**FISHER_SQUARED, "unit_strength": 0.0}),
     # thirteenth round (the same cell): that variant on attention only, every MLP pruned as plain Wanda (the CAP paper's
-    # scope; the MLPs are where the half B knowledge a half-A calibration does not ask for would be lost)
+    # scope; the MLPs are where the half B knowledge a half-A calibration does not ask for would be lost). Rule, fixed after
+    # its A->B runs and in-family draw 0, before the other five: it replaces the default at 25-40% if it meets #17's criteria
+    # on all five cells and keeps at least as many of half B's knowledge answers as Wanda on A->B validation, pooled over
+    # the three draws (the default: 11/18), a CE-ranking rule being unable to address the one open cell
     "cap-wanda ramp 0.5 ^ 2 fisher alloc 0.075 attention only": ("cap-wanda", {**FISHER_SQUARED, "guided_blocks": "attention"}),
 }
 
