@@ -155,7 +155,8 @@ def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
     """alloc_signal=fisher: the block targets come from the answer loss's OBD saliency on the calibration
     batch (reaching the target, within the bound) and differ from the CAP-rank allocation; it needs the batch."""
     batch, heads, chans = _setup(tokenizer)
-    cfg = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=None, alloc_bound=0.1, alloc_signal="fisher")
+    cfg = PruneConfig(method="cap-wanda", sparsity=0.3, guidance_ramp=None, alloc_bound=0.1, alloc_signal="fisher",
+                      guided_blocks="all")
     model = make_tiny_llama().requires_grad_(False)  # as models are loaded for inference
     rep = prune_model(model, cfg, batch, heads, channel_scores=chans, progress=False)
     alloc = torch.tensor(rep["allocation"]["attn"] + rep["allocation"]["mlp"])
@@ -176,7 +177,7 @@ def test_fisher_allocation_follows_the_answer_loss_saliency(tokenizer):
 def test_guidance_defaults_follow_the_validated_table():
     """Knobs left None resolve by method, pattern and target (cap_edge.guidance, chosen on validation): cap-wanda
     below 15% the token weights alone, at 15-40% the answer-loss saliency allocation (half the bound) with every
-    knob at the squared ramp, elsewhere CAP's block ranks at the linear ramp; explicit values are kept."""
+    knob at the squared ramp (from 25% on attention only), elsewhere CAP's block ranks at the linear ramp; explicit values are kept."""
     cases = (("cap-wanda", 0.1, "unstructured", "cap", 0.0, 0.0, 0.5 * 0.2),  # the token weights alone
              ("cap-wanda", 0.2, "unstructured", "fisher", 0.075 * 0.16, 0.5 * 0.16, 0.5 * 0.16),  # (0.2 / 0.5) ** 2
              ("cap-wanda", 0.24, "unstructured", "fisher", 0.075 * 0.48 ** 2, 0.5 * 0.48 ** 2, 0.5 * 0.48 ** 2),
@@ -190,6 +191,9 @@ def test_guidance_defaults_follow_the_validated_table():
         g = PruneConfig(method=method, sparsity=sp, pattern=pattern).guidance
         got = (g["alloc_signal"], g["alloc_bound"], g["unit_strength"], g["token_beta"])
         assert got == (signal, pytest.approx(bound), pytest.approx(unit), pytest.approx(beta)), (method, sp, pattern)
+        # from 25% to 40% the guidance moves attention only (thirteenth round), everywhere else every block
+        assert g["blocks"] == ("attention" if method == "cap-wanda" and pattern == "unstructured" and 0.25 <= sp < 0.4
+                               else "all"), (method, sp, pattern)
     explicit = PruneConfig(method="cap-wanda", sparsity=0.3, alloc_signal="cap", alloc_bound=0.1, guidance_power=1, unit_strength=0.2)
     g = explicit.guidance
     assert (g["alloc_signal"], g["alloc_bound"], g["unit_strength"], g["token_beta"]) == (

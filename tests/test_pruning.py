@@ -316,7 +316,10 @@ def test_attention_only_guidance_prunes_every_mlp_as_wanda(tokenizer):
     batch, scores = _scores(guided, tokenizer)
     chans = score_channels(guided, tokenizer, calib, ScoreConfig(), refine_fraction=0.5, progress=False)
     cfg = PruneConfig(method="cap-wanda", sparsity=0.3, guided_blocks="attention", guidance_ramp=None)
-    assert cfg.guidance["blocks"] == "attention" and PruneConfig(method="cap-wanda", sparsity=0.3).guidance["blocks"] == "all"
+    assert cfg.guidance["blocks"] == "attention"
+    # the default (guidance.CAP_WANDA_BANDS): attention only from 25% to 40%, every block at 20%, and explicit values win
+    assert [PruneConfig(method="cap-wanda", sparsity=s).guidance["blocks"] for s in (0.2, 0.3, 0.5)] == ["all", "attention", "all"]
+    assert PruneConfig(method="cap-wanda", sparsity=0.3, guided_blocks="all").guidance["blocks"] == "all"
     rep = prune_model(guided, cfg, batch, scores, progress=False, channel_scores=chans)
     prune_model(wanda, PruneConfig(method="wanda", sparsity=0.3), batch, progress=False)
     assert rep["allocation"]["mlp"] == [0.3, 0.3]
