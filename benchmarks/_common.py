@@ -58,3 +58,10 @@ def beyond_spread(a: dict, b: dict) -> bool:
 def md_table(head: list[str], rows: list[list]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def stored_row(rows: list[dict], method: str, pattern: str, sp: float, draw: int, split: str | None = None) -> dict | None:
+    """The stored pruning.json row (``runs``: the calibration families, split None; ``transfer``: one split) of a
+    method, pattern, target and draw: the last written if a file holds several, None if it holds none."""
+    return next((r for r in reversed(rows) if r["method"] == method and r["pattern"] == pattern and r.get("split") == split
+                 and abs(r["target_sparsity"] - sp) < 1e-9 and r["draw"] == draw), None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import RESULTS, table, write_result
+from _common import RESULTS, stored_row, table, write_result
 from pruning import SPLITS, TRANSFER_KNOWLEDGE, calibrate, prune_timed, scored
 from validation_sets import knowledge_validation_parts
 from cap_edge.backend import TorchBackend
@@ -86,8 +86,7 @@ def main():
             hits[d][m], got = answer(lm, sets)
             rows += [{"draw": d, "model": m, **r} for r in got]
             print(d, m, " ".join(f"{r['pool']} {r['acc']:.3f}" for r in got), flush=True)
-            r = next((r for r in reversed(stored) if r["method"] == m and r["split"] == SPLIT and r["draw"] == d
-                      and r["pattern"] == "unstructured" and r["target_sparsity"] == args.sparsity), None)
+            r = stored_row(stored, m, "unstructured", args.sparsity, d, SPLIT)
             if r:  # the stored test row of the same method, split, level and draw
                 reproduced[f"{m} draw {d}"] = sum(a == (b == "1") for a, b in zip(hits[d][m]["test"], r["hits"]))
         others = {"dense": dense_hits, **{m: h for m, h in hits[d].items() if m != "wanda"}}  # dense: what Wanda itself loses

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _common import RESULTS, result_lock, write_result
+from _common import RESULTS, result_lock, stored_row, write_result
 from pruning import calibrate, parse_setting, prune_timed, scored
 from pruning_compare import ALPHA
 from cap_edge.assess import KNOWLEDGE
@@ -36,11 +36,6 @@ from cap_edge.tasks import check_disjoint, load_split
 
 PER_FAMILY = 100  # x 3 families = 300
 STORED_PER_FAMILY = 50  # pruning.py's --knowledge-per-family
-
-
-def stored_run(stored: dict, method: str, pattern: str, sp: float, draw: int) -> dict:
-    return next(r for r in stored["runs"] if r["method"] == method and r["pattern"] == pattern
-                and abs(r["target_sparsity"] - sp) < 1e-9 and r["draw"] == draw)
 
 
 def agreement(new_hits: dict, stored_ids: list[str], old: dict) -> dict:
@@ -59,7 +54,9 @@ def measure(lm, original, cal, problems, stored_ids, stored, method, pattern, sp
     rep, cpu = prune_timed(lm, original, cal, cfg)
     res = evaluate(TorchBackend(lm.model, lm.tokenizer, progress=False), lm.tokenizer, problems)
     hits = {r["id"]: r["pred"] == r["gold"] for r in res["predictions"]}
-    old = stored_run(stored, method, pattern, cfg.target_sparsity, draw)
+    old = stored_row(stored["runs"], method, pattern, cfg.target_sparsity, draw)
+    if old is None:
+        raise LookupError(f"pruning.json holds no {method} run at {pattern} {cfg.target_sparsity} draw {draw}: run pruning.py first")
     return {"method": method, "draw": draw, "commit": git_commit(), "obs": rep.get("obs"),
             "achieved_sparsity": rep["achieved_sparsity"], "prune_seconds": cpu,
             **{k: res["overall"][k] for k in ("acc", "ci95", "n", "chance", "answer_ce")},

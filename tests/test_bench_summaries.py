@@ -266,3 +266,18 @@ def test_knowledge_sets_pools(monkeypatch):
     fams = set(vs.knowledge_families("A->B"))
     assert keys["validation calib"] | keys["validation tail"] == {p.key for p in val if p.family in fams}
     assert keys["validation calib"] and keys["validation tail"]
+
+
+def test_stored_row_finds_the_last_row_of_its_method_level_draw_and_split(monkeypatch):
+    """pruning_n300 (calibration-family runs) and knowledge_sets (transfer rows) read stored pruning.json rows
+    through one lookup: the last row written for that method, pattern, target, draw and split, else None."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    common = importlib.import_module("_common")
+    row = lambda acc, split=None, draw=0, sp=0.3: {"method": "wanda", "pattern": "unstructured", "target_sparsity": sp,
+                                                   "draw": draw, "acc": acc, **({"split": split} if split else {})}
+    rows = [row(0.1), row(0.2, "A->B"), row(0.3), row(0.4, draw=1), row(0.5, sp=0.2)]
+    assert common.stored_row(rows, "wanda", "unstructured", 0.3, 0)["acc"] == 0.3  # the later of two
+    assert common.stored_row(rows, "wanda", "unstructured", 0.3, 0, "A->B")["acc"] == 0.2
+    assert common.stored_row(rows, "wanda", "unstructured", 0.3 + 1e-12, 1)["acc"] == 0.4
+    assert common.stored_row(rows, "wanda", "unstructured", 0.3, 0, "B->A") is None
+    assert common.stored_row(rows, "wanda", "2:4", 0.5, 0) is None and common.stored_row(rows, "cap", "unstructured", 0.3, 0) is None
