@@ -5,9 +5,10 @@
 
 Pools: "test", the knowledge problems pruning.py's A->B transfer rows evaluate (the first 100 of each family's
 evaluation stream); "validation calib", the families' calibration split (guided_tuning --knowledge-val's first part);
-"validation tail", their evaluation stream past every test pool (its second part). On the stored test rows SparseGPT
-and cap-wanda keep fewer of those answers than Wanda (SparseGPT 3/15, 2/13, 2/21); on the validation problems of the
-same families the gaps are a third as large, and cap-wanda's is significant on no draw (docs/methods.md, twelfth round). Writes benchmarks/results/knowledge_sets.json: each
+"validation tail", their evaluation stream past every test pool (its second part). SparseGPT keeps fewer of those
+answers than Wanda on the test pool (pooled over draws 0-2: 9/56), a third as many fewer on validation (10/31); cap-wanda's
+every-block default did too (22/43 and 11/18; twelfth round), its attention-only default since the thirteenth round is
+level with Wanda on both (9/13 and 13/5; docs/methods.md). Writes benchmarks/results/knowledge_sets.json: each
 model's accuracy and answer CE per pool, McNemar against Wanda per pool, and whether the test-pool hits reproduce the
 stored pruning.json row of the same method and draw.
 """
