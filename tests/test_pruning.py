@@ -323,6 +323,7 @@ def test_attention_only_guidance_prunes_every_mlp_as_wanda(tokenizer):
     rep = prune_model(guided, cfg, batch, scores, progress=False, channel_scores=chans)
     prune_model(wanda, PruneConfig(method="wanda", sparsity=0.3), batch, progress=False)
     assert rep["allocation"]["mlp"] == [0.3, 0.3]
+    assert rep["calibration_statistics"]["beta_applies_to"].startswith("attention")  # the report says where beta acted
     attn = rep["allocation"]["attn"]
     assert attn != [0.3, 0.3] and sum(attn) / 2 == pytest.approx(0.3, abs=1e-6)  # the attention blocks share the target
     g, w = guided.model.layers[0], wanda.model.layers[0]

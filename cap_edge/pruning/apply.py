@@ -218,6 +218,7 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
         if method.guided and cfg.guidance["blocks"] == "attention":  # MLP inputs weighted as the unguided method's
             plain = statistic_weights(model, batch, 0.0, cfg.dedup_prefix)[0]
             weights = [{p: (w if _kind(p, spec) == "attn" else u) for p in prunable_linears(spec)} for w, u in zip(weights, plain)]
+            calib_info["beta_applies_to"] = "attention inputs (MLP inputs uniform)"
         calib_info["rank"] = []
         dec = Decoder(model)
         h = dec.embed(batch.input_ids.to(dec.device))  # (N, T, D): the "catcher" step, inputs to layer 0
