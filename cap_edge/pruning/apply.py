@@ -215,18 +215,17 @@ def prune_model(model, cfg: PruneConfig, batch: CalibBatch | None = None, head_s
     else:
         weights, calib_info = statistic_weights(model, batch, cfg.guidance["token_beta"] if method.guided else 0.0,
                                                 cfg.dedup_prefix)
-        if method.guided and cfg.guidance["blocks"] == "attention":  # MLP inputs weighted as the unguided method's
-            plain = statistic_weights(model, batch, 0.0, cfg.dedup_prefix)[0]
-            weights = [{p: (w if _kind(p, spec) == "attn" else u) for p in prunable_linears(spec)} for w, u in zip(weights, plain)]
+        uniform = None  # (N, T): where only attention is guided, MLP inputs weighted as the unguided method's
+        if method.guided and cfg.guidance["blocks"] == "attention":
+            uniform = statistic_weights(model, batch, 0.0, cfg.dedup_prefix)[0][0]  # beta 0: the same for every layer
             calib_info["beta_applies_to"] = "attention inputs (MLP inputs uniform)"
         calib_info["rank"] = []
         dec = Decoder(model)
         h = dec.embed(batch.input_ids.to(dec.device))  # (N, T, D): the "catcher" step, inputs to layer 0
         for l in tqdm(range(len(layers)), desc=f"prune {cfg.method} (sequential)", disable=not progress):
             lins = _linears(layers[l], spec)
-            w = weights[l]
-            stats = InputStats(lins, method.stats, {p: v.to(dec.device) for p, v in w.items()} if isinstance(w, dict)
-                               else w.to(dec.device))
+            w, u = weights[l].to(dec.device), None if uniform is None else uniform.to(dec.device)
+            stats = InputStats(lins, method.stats, {p: w if u is None or _kind(p, spec) == "attn" else u for p in lins})
             try:
                 dec.run(h, l, l + 1)  # statistics of this layer's inputs, given pruned earlier layers
             finally:

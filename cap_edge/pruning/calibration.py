@@ -14,13 +14,12 @@ from .allocation import shared_prefix_length, token_weights
 class InputStats:
     """Forward hooks accumulating per-linear input statistics over weighted tokens.
 
-    ``weights`` (N, T): each token's weight (0 on padding), or one such tensor per linear's path;
-    ``kind``: "norm" (sum w x^2 per input, Wanda) or "hessian" (sum w x x^T, SparseGPT)."""
+    ``weights``: per linear's path, each token's weight (N, T) (0 on padding); ``kind``: "norm" (sum w x^2
+    per input, Wanda) or "hessian" (sum w x x^T, SparseGPT)."""
 
-    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, weights: torch.Tensor | dict[str, torch.Tensor]):
+    def __init__(self, linears: dict[str, torch.nn.Linear], kind: str, weights: dict[str, torch.Tensor]):
         self.kind = kind
-        per = weights if isinstance(weights, dict) else dict.fromkeys(linears, weights)
-        self.tokens = {p: (w > 0, w[w > 0].double()) for p, w in per.items()}  # path -> (valid (N, T), weights (tokens,))
+        self.tokens = {p: (w > 0, w[w > 0].double()) for p, w in weights.items()}  # path -> (valid (N, T), weights (tokens,))
         self.sq: dict[str, torch.Tensor] = {}
         self.H: dict[str, torch.Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook(p)) for p, m in linears.items()]
